@@ -1,0 +1,1 @@
+"""Policies: strict file schema, compilation into immutable runtime objects, hot reload."""

@@ -1,0 +1,1 @@
+"""proxy: guardline's OpenAI-compatible gateway."""

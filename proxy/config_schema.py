@@ -1,0 +1,134 @@
+"""The strict raw shape of config.yaml (DESIGN section 4). Unknown keys are errors.
+
+`proxy.config` loads a file into these models (interpolating `${VAR}`) and validates the
+cross-references (routes name upstreams and policies, default_guard names a guard).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    max_body_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    # Seconds in-flight requests get to finish on SIGTERM.
+    graceful_shutdown_s: float = Field(default=30.0, ge=0)
+
+
+class TenantConfig(Strict):
+    # Plain keys or `sha256:<hex>` digests of keys. Empty strings are ignored so that an
+    # unset `${VAR:-}` does not create a key that matches an empty bearer token.
+    keys: list[str] = Field(min_length=1)
+
+
+class AuthConfig(Strict):
+    tenants: dict[str, TenantConfig] = Field(default_factory=dict)
+
+
+class BreakerConfig(Strict):
+    failures: int = Field(default=5, ge=1)  # consecutive failures that open the circuit
+    reset_s: float = Field(default=10.0, gt=0)  # time before a half-open probe
+
+
+class SGLangGuardConfig(Strict):
+    type: Literal["sglang"]
+    base_url: str
+    model: str = "nvidia/Nemotron-3.5-Content-Safety"
+    format: Literal["nemotron-3.5", "llama-guard-3"] = "nemotron-3.5"
+    api_key: str | None = None
+    timeout_ms: int = Field(default=3000, gt=0)
+    max_concurrency: int = Field(default=64, ge=1)
+    breaker: BreakerConfig = BreakerConfig()
+
+
+class EmbeddedGuardConfig(Strict):
+    type: Literal["embedded"]
+    threads: int = Field(default=1, ge=1)
+
+
+GuardConfig = Annotated[SGLangGuardConfig | EmbeddedGuardConfig, Field(discriminator="type")]
+
+
+class OpenAIUpstreamConfig(Strict):
+    type: Literal["openai"]
+    base_url: str = "https://api.openai.com/v1"
+    # Empty: the client's own Authorization header is forwarded (bring-your-own-key).
+    api_key: str = ""
+    # Models this upstream offers (for /v1/models and model matching); empty: any.
+    models: list[str] = Field(default_factory=list)
+    # Client-facing model name -> the upstream's model name.
+    model_alias: dict[str, str] = Field(default_factory=dict)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=600.0, gt=0)
+    max_connections: int = Field(default=512, ge=1)
+
+
+class LiteLLMUpstreamConfig(Strict):
+    type: Literal["litellm"]
+    model: str  # litellm's provider/model id, e.g. anthropic/claude-sonnet-4-5
+    api_key: str = ""
+    api_base: str | None = None
+    # Client-facing model names served by this upstream; empty: the `model` id itself.
+    models: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(default=600.0, gt=0)
+
+
+UpstreamConfig = Annotated[
+    OpenAIUpstreamConfig | LiteLLMUpstreamConfig, Field(discriminator="type")
+]
+
+
+class RouteConfig(Strict):
+    name: str
+    path_prefix: str = ""
+    tenants: list[str] | None = None  # None: any tenant (or none)
+    models: list[str] | None = None  # None: any model; entries may end in `*`
+    upstream: str
+    policy: str  # path, relative to the config file
+
+
+class TracingConfig(Strict):
+    # Exporters are chosen with the standard OTEL_* variables; this only switches tracing.
+    enabled: bool = True
+    record_content: bool = False  # prompt/response text in spans
+
+
+class MetricsConfig(Strict):
+    enabled: bool = True
+
+
+class LoggingConfig(Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    requests: bool = True  # one JSON line per request
+    content: bool = False  # prompt/response text in logs
+
+
+class AuditConfig(Strict):
+    enabled: bool = True
+    path: str = "guardline-audit.sqlite3"  # relative to the config file
+    queue_size: int = Field(default=10000, ge=1)
+    otel_logs: bool = False  # also emit records as OpenTelemetry log records
+
+
+class GatewayConfig(Strict):
+    server: ServerConfig = ServerConfig()
+    auth: AuthConfig = AuthConfig()
+    default_guard: str = "local"
+    guards: dict[str, GuardConfig] = Field(
+        default_factory=lambda: {"local": EmbeddedGuardConfig(type="embedded")}
+    )
+    upstreams: dict[str, UpstreamConfig]
+    routes: list[RouteConfig] = Field(min_length=1)
+    tracing: TracingConfig = TracingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    audit: AuditConfig = AuditConfig()
