@@ -1,0 +1,126 @@
+"""Load config.yaml into a validated `GatewayConfig`, or refuse with the file, line and key.
+
+`guard_engine.yaml_model` does the parsing, `${VAR}` interpolation and schema validation;
+this module adds what a schema alone cannot check: that names refer to things that exist
+(routes -> upstreams, tenants, policy files; default_guard -> guards), and it resolves
+relative paths against the config file's directory so the server's working directory
+does not matter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from guard_engine.errors import ConfigFileError
+from guard_engine.yaml_model import KeyPath, environ, load_yaml_text, validate
+from proxy.config_schema import GatewayConfig, RouteConfig, TenantConfig
+
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read, interpolate, validate and cross-check a config file.
+
+    Every `routes[i].policy` and `audit.path` of the result is an absolute path.
+    Raises `ConfigFileError` naming the file, the line and the key of the first problem.
+    """
+    p = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigFileError(p, f"cannot read file: {exc.strerror or exc}") from None
+    data, lines = load_yaml_text(text, path=p, env=environ() if env is None else env)
+    config = validate(GatewayConfig, data, path=p, lines=lines)
+    base = Path(path).resolve().parent
+    checker = _Checker(p, lines)
+    routes = [checker.route(i, r, config, base) for i, r in enumerate(config.routes)]
+    checker.unique_route_names(routes)
+    checker.default_guard(config)
+    checker.tenant_keys(config.auth.tenants)
+    audit = config.audit.model_copy(update={"path": str(_resolve(base, config.audit.path))})
+    return config.model_copy(update={"routes": routes, "audit": audit})
+
+
+def _resolve(base: Path, path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+class _Checker:
+    """Cross-reference checks; each failure is a ConfigFileError at the offending key."""
+
+    def __init__(self, path: str, lines: dict[KeyPath, int]) -> None:
+        self.path = path
+        self.lines = lines
+
+    def fail(self, keys: KeyPath, message: str) -> ConfigFileError:
+        line = None
+        for n in range(len(keys), -1, -1):
+            if keys[:n] in self.lines:
+                line = self.lines[keys[:n]]
+                break
+        dotted = ""
+        for k in keys:
+            dotted += f"[{k}]" if isinstance(k, int) else (f".{k}" if dotted else str(k))
+        return ConfigFileError(self.path, message, line=line, key=dotted or None)
+
+    def route(self, i: int, route: RouteConfig, config: GatewayConfig, base: Path) -> RouteConfig:
+        here: KeyPath = ("routes", i)
+        if route.upstream not in config.upstreams:
+            known = ", ".join(sorted(config.upstreams)) or "none"
+            raise self.fail(
+                (*here, "upstream"), f"unknown upstream '{route.upstream}' (known: {known})"
+            )
+        for j, tenant in enumerate(route.tenants or []):
+            if tenant not in config.auth.tenants:
+                raise self.fail(
+                    (*here, "tenants", j), f"unknown tenant '{tenant}' (not in auth.tenants)"
+                )
+        prefix = route.path_prefix.rstrip("/")
+        if prefix and not prefix.startswith("/"):
+            raise self.fail((*here, "path_prefix"), "must start with '/'")
+        policy = _resolve(base, route.policy)
+        if not policy.is_file():
+            raise self.fail((*here, "policy"), f"policy file not found: {policy}")
+        return route.model_copy(update={"policy": str(policy), "path_prefix": prefix})
+
+    def unique_route_names(self, routes: list[RouteConfig]) -> None:
+        seen: set[str] = set()
+        for i, route in enumerate(routes):
+            if route.name in seen:
+                raise self.fail(("routes", i, "name"), f"duplicate route name '{route.name}'")
+            seen.add(route.name)
+
+    def default_guard(self, config: GatewayConfig) -> None:
+        if config.default_guard not in config.guards:
+            known = ", ".join(sorted(config.guards)) or "none"
+            raise self.fail(
+                ("default_guard",), f"unknown guard '{config.default_guard}' (known: {known})"
+            )
+
+    def tenant_keys(self, tenants: Mapping[str, TenantConfig]) -> None:
+        # A key shared by two tenants would make the tenant depend on dictionary order.
+        owner: dict[str, str] = {}
+        for name, tenant in tenants.items():
+            for j, key in enumerate(tenant.keys):
+                if not key:
+                    continue
+                if key.startswith("sha256:"):
+                    hexdigest = key.removeprefix("sha256:")
+                    if not _SHA256_HEX.fullmatch(hexdigest):
+                        raise self.fail(
+                            ("auth", "tenants", name, "keys", j),
+                            "sha256: key must be followed by 64 hex digits",
+                        )
+                    digest = hexdigest.lower()
+                else:
+                    digest = hashlib.sha256(key.encode()).hexdigest()
+                other = owner.setdefault(digest, name)
+                if other != name:
+                    raise self.fail(
+                        ("auth", "tenants", name, "keys", j),
+                        f"key is also a key of tenant '{other}'",
+                    )
