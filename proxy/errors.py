@@ -9,6 +9,7 @@
     ├── NotFound                          404     invalid_request_error   not_found / model_not_found
     ├── MethodNotAllowed                  405     invalid_request_error   method_not_allowed
     ├── PayloadTooLarge                   413     invalid_request_error   payload_too_large
+    ├── RateLimited                       429     rate_limit_error        rate_limit_exceeded
     ├── UpstreamError                     502     upstream_error          upstream_unreachable
     ├── GuardUnavailableError             503     guard_error             guard_unavailable
     └── UpstreamTimeout                   504     upstream_error          upstream_timeout
@@ -101,6 +102,14 @@ class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
     code = "payload_too_large"
+
+
+class RateLimited(GatewayError):
+    """An upstream provider rate-limited the request; the client should back off and retry."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
 
 
 class UpstreamError(GatewayError):
