@@ -1,0 +1,139 @@
+"""The verdict cache: an in-process LRU with a TTL, keyed by everything a verdict depends on.
+
+A key covers the guard, the adapter, the policy's `name@hash` (so a policy edit invalidates
+its verdicts), the mode and the checked content: prompt, response, context turns and the
+sha256 of every normalized image. Because the input check judges only the last user message
+by default (`input.scope: last_user`), earlier turns of a multi-turn chat are never sent to
+the guard again; with `scope: conversation` they are context and the key covers them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import orjson
+
+from guard_engine.types import GuardRequest, Verdict
+
+# Bumped when the key layout changes.
+_KEY_VERSION = "guardline-verdict/1"
+
+
+def cache_key(
+    *, guard: str, adapter: str, policy_ref: str, mode: str, request: GuardRequest
+) -> str:
+    """A sha256 hex digest over what the verdict for `request` depends on.
+
+    The fields are serialized as one JSON array, so no choice of texts can make two different
+    requests collide by concatenation (e.g. a prompt ending where a response begins).
+    """
+    payload = orjson.dumps(
+        [
+            _KEY_VERSION,
+            guard,
+            adapter,
+            policy_ref,
+            mode,
+            request.prompt,
+            request.response,
+            [[turn.role, turn.text] for turn in request.context],
+            [image.sha256 for image in request.images],
+        ]
+    )
+    return hashlib.sha256(payload).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    hits: int
+    misses: int
+    size: int
+    evictions: int
+    expirations: int
+
+
+class VerdictCache:
+    """LRU with TTL. `max_entries=0` disables caching (every `get` misses, `put` drops).
+
+    A lock guards the dict because the engine may look up verdicts from worker threads
+    (the embedded guard runs off the event loop); uncontended it costs well under a
+    microsecond.
+    """
+
+    def __init__(
+        self,
+        max_entries: int = 10000,
+        ttl_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_entries < 0:
+            raise ValueError("max_entries must be >= 0")
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be > 0")
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, Verdict]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._hits = 0
+        self._misses = 0
+        self._evictions = 0
+        self._expirations = 0
+
+    def get(self, key: str) -> Verdict | None:
+        """The cached verdict, marked `cache_hit=True`, or None (absent or expired).
+
+        The stored verdict keeps its original `latency_ms` (what the guard call cost);
+        callers that report lookup time replace it.
+        """
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self._misses += 1
+                return None
+            expires, verdict = entry
+            if now >= expires:
+                del self._entries[key]
+                self._expirations += 1
+                self._misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self._hits += 1
+        return replace(verdict, cache_hit=True)
+
+    def put(self, key: str, verdict: Verdict) -> None:
+        """Store a verdict. Degraded verdicts (a fallback guard's, or none at all) are not
+        stored: once the real guard is back, it must decide again."""
+        if self.max_entries == 0 or verdict.degraded:
+            return
+        expires = self._clock() + self.ttl_s
+        with self._lock:
+            self._entries[key] = (expires, verdict)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+                self._evictions += 1
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def stats(self) -> CacheStats:
+        with self._lock:
+            return CacheStats(
+                hits=self._hits,
+                misses=self._misses,
+                size=len(self._entries),
+                evictions=self._evictions,
+                expirations=self._expirations,
+            )

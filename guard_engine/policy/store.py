@@ -1,0 +1,193 @@
+"""PolicyStore: the set of compiled policies a server uses, hot-reloaded from their files.
+
+Readers call `get(path)` on every request: it reads one attribute (an immutable dict that is
+replaced, never mutated), so it needs no lock. Writers (the watcher, `reload_now`) run on the
+event loop, build a new dict and swap it in. An edit that does not validate leaves the last
+good version serving, is recorded in `errors()` (for /readyz) and reported to `on_reload`.
+
+The watcher compares file contents instead of trusting event paths: editors save through
+temporary files and renames, and Kubernetes ConfigMaps swap a `..data` symlink, so an event
+says only "something in this directory changed".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+from collections.abc import Callable, Collection, Iterable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+
+import watchfiles
+
+from guard_engine.errors import ConfigFileError
+from guard_engine.policy.compile import load_policy
+from guard_engine.policy.compiled import CompiledPolicy
+
+# (path, the new policy or None when rejected, the error message or None when accepted)
+ReloadHook = Callable[[str, CompiledPolicy | None, str | None], None]
+
+
+def policy_key(path: str | Path) -> str:
+    """How the store names a file: absolute and normalized, symlinks kept (see module doc)."""
+    return os.path.abspath(os.fspath(path))
+
+
+def _digest(path: str) -> str | None:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+class PolicyStore:
+    """Compiled policies by file path, plus their shadows, kept current with the files."""
+
+    def __init__(
+        self,
+        paths: Iterable[str | Path],
+        *,
+        known_guards: Collection[str] | None = None,
+        on_reload: ReloadHook | None = None,
+        rust_timeout_ms: int = 1000,
+    ) -> None:
+        """Load every file and its shadows; raises ConfigFileError on the first invalid one.
+
+        A server must not start on a broken policy, so only later edits are tolerated.
+        """
+        self._known_guards = known_guards
+        self._on_reload = on_reload
+        self._rust_timeout_ms = rust_timeout_ms
+        self._policies: Mapping[str, CompiledPolicy] = MappingProxyType({})
+        self._errors: Mapping[str, str] = MappingProxyType({})
+        self._digests: dict[str, str | None] = {}
+        self._stop = asyncio.Event()
+        self._watching = asyncio.Event()
+        # Paths as callers spell them (e.g. a route's `policies/x.yaml`) -> key, so that
+        # `get` on the hot path does not normalize.
+        self._aliases: dict[str, str] = {}
+        loaded: dict[str, CompiledPolicy] = {}
+        for path in paths:
+            key = policy_key(path)
+            self._aliases[os.fspath(path)] = key
+            self._load_with_shadows(key, loaded)
+        self._policies = MappingProxyType(loaded)
+
+    def _load_with_shadows(self, key: str, into: dict[str, CompiledPolicy]) -> None:
+        # Shadows are followed transitively; a cycle stops at a file already loaded.
+        pending = [key]
+        while pending:
+            current = pending.pop()
+            if current in into:
+                continue
+            digest = _digest(current)
+            policy = load_policy(current, known_guards=self._known_guards)
+            into[current] = policy
+            self._digests[current] = digest
+            self._aliases[current] = current
+            if policy.shadow is not None:
+                pending.append(policy.shadow)
+
+    # -- reading (any thread, lock-free) ------------------------------------------------
+
+    def get(self, path: str | Path) -> CompiledPolicy:
+        """The policy serving for `path`. KeyError when the file was never loaded."""
+        key = self._aliases.get(path) if isinstance(path, str) else None
+        policies = self._policies
+        try:
+            return policies[key if key is not None else policy_key(path)]
+        except KeyError:
+            raise KeyError(f"policy file not loaded: {path}") from None
+
+    def policies(self) -> Mapping[str, CompiledPolicy]:
+        """Every policy serving now, by absolute path (a read-only snapshot)."""
+        return self._policies
+
+    def errors(self) -> dict[str, str]:
+        """Files whose latest edit was rejected, with the reason; empty when all are current."""
+        return dict(self._errors)
+
+    # -- reloading (event loop) ---------------------------------------------------------
+
+    def reload_now(self, path: str | Path) -> CompiledPolicy | None:
+        """Re-validate one file now. Returns the new policy, or None when the edit is rejected
+        (the last good version keeps serving and `errors()` says why)."""
+        key = self._aliases.get(os.fspath(path)) or policy_key(path)
+        if key not in self._policies:
+            raise KeyError(f"policy file not loaded: {path}")
+        self._digests[key] = _digest(key)
+        try:
+            policy = load_policy(key, known_guards=self._known_guards)
+            staged = dict(self._policies)
+            staged[key] = policy
+            if policy.shadow is not None and policy.shadow not in staged:
+                try:
+                    self._load_with_shadows(policy.shadow, staged)
+                except ConfigFileError as exc:
+                    raise ConfigFileError(key, f"shadow policy is invalid: {exc}") from None
+        except ConfigFileError as exc:
+            errors = dict(self._errors)
+            errors[key] = str(exc)
+            self._errors = MappingProxyType(errors)
+            self._notify(key, None, str(exc))
+            return None
+        self._policies = MappingProxyType(staged)
+        if key in self._errors:
+            self._errors = MappingProxyType({k: v for k, v in self._errors.items() if k != key})
+        self._notify(key, policy, None)
+        return policy
+
+    def _notify(self, key: str, policy: CompiledPolicy | None, error: str | None) -> None:
+        if self._on_reload is not None:
+            # A logging or metrics hook must never stop reloads.
+            with contextlib.suppress(Exception):
+                self._on_reload(key, policy, error)
+
+    def _changed_in(self, dirs: set[str]) -> list[str]:
+        """Loaded files in `dirs` whose bytes differ from the last version read."""
+        changed = []
+        for key in list(self._policies):
+            if os.path.dirname(key) in dirs and _digest(key) != self._digests.get(key):
+                changed.append(key)
+        return changed
+
+    def _handle(self, changes: set[tuple[watchfiles.Change, str]], dirs: set[str]) -> None:
+        touched = {os.path.dirname(os.path.abspath(p)) for _, p in changes}
+        for key in self._changed_in(touched & dirs):
+            self.reload_now(key)
+
+    def _watched_dirs(self) -> set[str]:
+        return {os.path.dirname(k) for k in self._policies if os.path.isdir(os.path.dirname(k))}
+
+    async def watch(self) -> None:
+        """Reload files as they change, until `close()`. Run it as a task for the app's life.
+
+        Restarts its watcher when a reload adds a shadow in a directory not yet watched.
+        """
+        while not self._stop.is_set():
+            dirs = self._watched_dirs()
+            if not dirs:
+                return
+            async for changes in watchfiles.awatch(
+                *sorted(dirs),
+                watch_filter=None,
+                stop_event=self._stop,
+                recursive=False,
+                rust_timeout=self._rust_timeout_ms,
+                yield_on_timeout=True,
+            ):
+                # The first yield (changes or timeout) proves the OS watch is installed.
+                self._watching.set()
+                self._handle(changes, dirs)
+                if self._watched_dirs() != dirs:
+                    break
+
+    async def wait_watching(self) -> None:
+        """Return once `watch()` has its OS watches in place (edits after this are seen)."""
+        await self._watching.wait()
+
+    def close(self) -> None:
+        """Stop `watch()` (it returns within a watcher step)."""
+        self._stop.set()
