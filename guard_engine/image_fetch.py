@@ -244,7 +244,8 @@ class ImageFetcher:
             raise ImageError(too_big, param=param)
         chunks: list[bytes] = []
         size = 0
-        async for chunk in response.aiter_raw():
+        # Content-Encoding is known to be identity here, so aiter_bytes yields the raw body.
+        async for chunk in response.aiter_bytes():
             size += len(chunk)
             if size > self._max_bytes:
                 raise ImageError(too_big, param=param)
