@@ -1,0 +1,225 @@
+"""Streaming output moderation: no streamed character reaches the client before a guard check
+covering it has passed.
+
+`moderate_stream` transforms the upstream's SSE bytes into the bytes sent to the client:
+
+- `holdback` holds each event that carries text until a check whose text included it passes.
+  A check runs whenever `holdback_chars` of new text have arrived, and once more for whatever
+  is left when the answer ends (every choice's finish_reason, `[DONE]`, or EOF). At most one
+  check is in flight, and upstream keeps being read while it runs; a check covers exactly the
+  events received before it was started. Events without text (the role chunk, keep-alive
+  comments, empty deltas, the usage chunk) keep their place in the order: they are released as
+  soon as no held text precedes them. Released events are the upstream's exact bytes.
+- `buffer` is hold-back with a single check of the whole answer at the end.
+- `monitor` is in `monitor.py`: everything is released at once and checked in the background.
+
+n > 1: one check covers all choices (rendered as `ResponseText.render` does, choices separated by
+a blank line), so the guard is called as often as for n = 1 and a flag in any choice ends the
+whole stream, which is one HTTP response.
+
+Malformed JSON in an event: it carries no text we can read, so it is treated like an event
+without text: passed through in order, i.e. only after every text before it has been checked.
+
+Ends: a flagged verdict releases nothing more and sends one `content_filter` chunk then
+`[DONE]`; a guard failure (the pipeline has already applied `on_guard_error`, so an exception
+here means fail-closed) sends one `guard_unavailable` error event; an upstream that ends (or
+fails) without `[DONE]` gets its text checked and released as usual, then an `upstream_error`
+event, so the client never takes a truncated answer for a complete one. In every case the
+upstream generator is closed (`aclose`) before `moderate_stream` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from time import perf_counter
+from typing import Literal
+
+import orjson
+
+from guard_engine.errors import GuardError
+from guard_engine.types import Verdict
+from proxy.sse import SSEEvent, SSEParser
+from proxy.streaming.chunks import (
+    ResponseText,
+    guard_error_event,
+    refusal_chunk,
+    upstream_error_event,
+)
+from proxy.streaming.outcome import StreamOutcome
+from proxy.streaming.reader import UpstreamReader, describe_error
+
+__all__ = ["StreamCheck", "StreamMode", "StreamOutcome", "moderate_stream"]
+
+StreamCheck = Callable[[str], Awaitable[Verdict]]
+StreamMode = Literal["holdback", "buffer", "monitor"]
+
+_NEVER = sys.maxsize  # buffer mode: no window is ever large enough; only the final check runs
+
+
+def moderate_stream(
+    upstream: AsyncIterator[bytes],
+    *,
+    mode: StreamMode,
+    holdback_chars: int,
+    check: StreamCheck,
+    refusal: str,
+    outcome: StreamOutcome,
+) -> AsyncGenerator[bytes, None]:
+    """The bytes to send to the client for one streamed chat completion (see module doc).
+
+    A plain function returning the async generator, so a bad `mode` fails at the call.
+    """
+    if mode == "monitor":
+        from proxy.streaming.monitor import monitor_stream
+
+        return monitor_stream(upstream, holdback_chars=holdback_chars, check=check, outcome=outcome)
+    if mode == "holdback":
+        window = max(1, holdback_chars)
+    elif mode == "buffer":
+        window = _NEVER
+    else:
+        raise ValueError(f"unknown output stream mode: {mode!r}")
+    return _gated(upstream, window, check, refusal, outcome)
+
+
+async def timed_check(check: StreamCheck, text: str, outcome: StreamOutcome) -> Verdict:
+    """Runs one check, counting it and its wall time; any failure becomes a GuardError."""
+    outcome.checks += 1
+    start = perf_counter()
+    try:
+        return await check(text)
+    except GuardError:
+        raise
+    except Exception as exc:  # a bug in the check must still fail closed, not leak text
+        raise GuardError(f"guard check failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        outcome.guard_ms += (perf_counter() - start) * 1000.0
+
+
+def usable(event: SSEEvent) -> SSEEvent | None:
+    """A trailing event cut off at EOF is kept only if its payload is whole (`[DONE]` or JSON
+    that parses); it is then completed with its blank line. Otherwise it is dropped: an SSE
+    client discards an unterminated event anyway."""
+    if event.complete:
+        return event
+    if event.data is None:
+        return None
+    if not event.is_done:
+        try:
+            orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            return None
+    return SSEEvent(event.raw + b"\n\n", event.data)
+
+
+async def _gated(
+    upstream: AsyncIterator[bytes],
+    window: int,
+    check: StreamCheck,
+    refusal: str,
+    outcome: StreamOutcome,
+) -> AsyncGenerator[bytes, None]:
+    parser = SSEParser()
+    text = ResponseText()
+    reader = UpstreamReader(upstream)
+    # Held events, oldest first: (seq, chars, raw). seq numbers the events that carry text
+    # (0 for events without); an event is covered once a passed check started at seq >= its own.
+    held: deque[tuple[int, int, bytes]] = deque()
+    seq = 0
+    checked = 0  # highest seq covered by a passed check
+    launched = 0  # text.total when the last check started
+    inflight: asyncio.Task[Verdict] | None = None
+    inflight_seq = 0
+    ended = False  # nothing more will be read from upstream
+
+    def release() -> bytes:
+        parts: list[bytes] = []
+        while held and held[0][0] <= checked:
+            _, chars, raw = held.popleft()
+            parts.append(raw)
+            outcome.released_chars += chars
+        return b"".join(parts)
+
+    try:
+        while True:
+            if inflight is None:
+                pending = text.total - launched
+                if pending > 0 and (pending >= window or ended or text.finished):
+                    inflight = asyncio.ensure_future(timed_check(check, text.render(), outcome))
+                    inflight_seq, launched = seq, text.total
+                elif ended:
+                    break
+            if inflight is not None:
+                if not ended and not inflight.done():
+                    # Keep reading upstream while the guard works.
+                    await asyncio.wait(
+                        (reader.pending(), inflight), return_when=asyncio.FIRST_COMPLETED
+                    )
+                if ended or inflight.done():
+                    try:
+                        verdict = await inflight
+                    except GuardError as exc:
+                        outcome.error = exc
+                        await reader.aclose()
+                        yield guard_error_event(exc.reason)
+                        return
+                    finally:
+                        inflight = None
+                    outcome.verdicts.append(verdict)
+                    if verdict.flagged:
+                        outcome.blocked = True
+                        held.clear()
+                        await reader.aclose()
+                        yield refusal_chunk(text, refusal, after_text=outcome.released_chars > 0)
+                        return
+                    checked = inflight_seq
+                    out = release()
+                    if out:
+                        yield out
+                    continue
+            # Read the next chunk (possibly the one already read while the check ran).
+            try:
+                chunk = await reader.read()
+            except Exception as exc:  # the upstream connection failed mid-stream
+                outcome.upstream_error = describe_error(exc)
+                chunk = None
+            if chunk is None:
+                ended = True
+                events = [e for e in map(usable, parser.flush()) if e is not None]
+            else:
+                events = parser.feed(chunk)
+            for event in events:
+                if event.is_done:
+                    outcome.completed = ended = True
+                    held.append((0, 0, event.raw))
+                    break  # nothing after [DONE] is read
+                chars = 0 if event.data is None else text.add(event.data)
+                if chars > 0:
+                    seq += 1
+                    held.append((seq, chars, event.raw))
+                else:
+                    held.append((0, 0, event.raw))
+            if held and held[0][0] == 0:
+                out = release()
+                if out:
+                    yield out
+        out = release()
+        if outcome.completed:
+            if out:
+                yield out
+            await reader.drain()
+        else:
+            await reader.aclose()
+            if outcome.upstream_error is None:
+                outcome.upstream_error = "connection closed before [DONE]"
+            yield out + upstream_error_event(outcome.upstream_error)
+    finally:
+        outcome.usage = text.usage
+        outcome.model = text.model
+        if inflight is not None:
+            inflight.cancel()
+            await asyncio.gather(inflight, return_exceptions=True)
+        await reader.aclose()
