@@ -1,0 +1,153 @@
+"""The app factory: `create_app(config)` -> a Starlette app serving the OpenAI-compatible API.
+
+Routes are fixed at start-up from the configured path prefixes. Clients (one pooled httpx
+client per upstream) are built in the lifespan, on the serving event loop, and kept in one
+`GatewayState` at `app.state.gateway`; shutdown closes them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from proxy.auth import Authenticator
+from proxy.config_schema import GatewayConfig, LiteLLMUpstreamConfig
+from proxy.errors import GatewayError, MethodNotAllowed, NotFound
+from proxy.handlers.chat import chat_completions
+from proxy.handlers.health import healthz, readyz
+from proxy.handlers.models import list_models
+from proxy.middleware import GatewayMiddleware
+from proxy.routing import Router
+from proxy.state import GatewayState, ReadinessProbe
+from proxy.upstreams.openai_upstream import OpenAIUpstream
+from proxy.upstreams.reply import ChatUpstream
+
+CONFIG_ENV = "GUARDLINE_CONFIG"
+
+
+def build_upstreams(
+    config: GatewayConfig,
+    *,
+    byok: bool,
+    transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+) -> dict[str, ChatUpstream]:
+    """One client per configured upstream; litellm is imported only if one is configured."""
+    transports = transports or {}
+    out: dict[str, ChatUpstream] = {}
+    for name, cfg in config.upstreams.items():
+        if isinstance(cfg, LiteLLMUpstreamConfig):
+            from proxy.upstreams.litellm_chat import LiteLLMChat
+            from proxy.upstreams.litellm_upstream import LiteLLMUpstream
+
+            out[name] = LiteLLMChat(LiteLLMUpstream(name, cfg))
+        else:
+            out[name] = OpenAIUpstream(name, cfg, byok=byok, transport=transports.get(name))
+    return out
+
+
+def _config_probe(config: GatewayConfig) -> ReadinessProbe:
+    detail = {
+        "config": {
+            "routes": [r.name for r in config.routes],
+            "tenants": len(config.auth.tenants),
+        },
+        "upstreams": {name: cfg.type for name, cfg in config.upstreams.items()},
+    }
+
+    async def config_loaded() -> tuple[bool, dict[str, Any]]:
+        return bool(config.upstreams) and bool(config.routes), detail
+
+    return config_loaded
+
+
+def build_state(
+    config: GatewayConfig,
+    *,
+    transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+) -> GatewayState:
+    authenticator = Authenticator(config.auth.tenants)
+    return GatewayState(
+        config=config,
+        authenticator=authenticator,
+        router=Router(config.routes, config.upstreams),
+        upstreams=build_upstreams(config, byok=authenticator.open, transports=transports),
+        readiness=[_config_probe(config)],
+        started_at=int(time.time()),
+    )
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (unknown path, wrong method) in the OpenAI envelope."""
+    assert isinstance(exc, HTTPException)
+    error: GatewayError
+    if exc.status_code == 405:
+        allow = (exc.headers or {}).get("Allow", "")
+        error = MethodNotAllowed(
+            f"Method {request.method} is not allowed for {request.url.path}.",
+            headers={"allow": allow} if allow else None,
+        )
+    elif exc.status_code == 404:
+        error = NotFound(f"Unknown request URL: {request.method} {request.url.path}.")
+    else:
+        error = GatewayError(exc.detail)
+        error.status = exc.status_code
+    return Response(
+        error.body(), status_code=error.status, headers=error.headers, media_type="application/json"
+    )
+
+
+def _routes(config: GatewayConfig) -> list[BaseRoute]:
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    prefixes = dict.fromkeys(["", *(r.path_prefix.rstrip("/") for r in config.routes)])
+    for prefix in prefixes:
+        routes.append(Route(f"{prefix}/v1/chat/completions", chat_completions, methods=["POST"]))
+        routes.append(Route(f"{prefix}/v1/models", list_models, methods=["GET"]))
+    return routes
+
+
+def create_app(
+    config: GatewayConfig,
+    *,
+    transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+) -> Starlette:
+    """The gateway app. `transports` (upstream name -> httpx transport) is for tests."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state = build_state(config, transports=transports)
+        app.state.gateway = state
+        try:
+            yield
+        finally:
+            await state.aclose()
+
+    app = Starlette(
+        routes=_routes(config),
+        middleware=[Middleware(GatewayMiddleware, max_body_bytes=config.server.max_body_bytes)],
+        exception_handlers={HTTPException: _http_exception},
+        lifespan=lifespan,
+    )
+    # An API answers the path it was asked for; no redirects to a trailing-slash variant.
+    app.router.redirect_slashes = False
+    return app
+
+
+def app_from_env() -> Starlette:
+    """Factory for `uvicorn --factory` (multi-worker serve): config path from GUARDLINE_CONFIG."""
+    from proxy.config import load_config
+
+    return create_app(load_config(os.environ[CONFIG_ENV]))

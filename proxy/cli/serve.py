@@ -1,0 +1,73 @@
+"""`guardline serve`: run the gateway under uvicorn (uvloop event loop, httptools parser).
+
+The config is loaded and validated before uvicorn starts, so a bad file is one readable line
+(`file:line: key ...`) and exit status 2, never a traceback. SIGTERM is uvicorn's graceful
+shutdown: the listener closes, in-flight requests get `server.graceful_shutdown_s` to finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from typing import Any
+
+from guard_engine.errors import ConfigFileError
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", default="config.yaml", help="config file (default: %(default)s)"
+    )
+    parser.add_argument("--host", default=None, help="bind address (default: server.host)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: server.port)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default: server.workers)"
+    )
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        choices=["debug", "info", "warning", "error"],
+        help="uvicorn log level (default: logging.level)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from proxy.config import load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigFileError as exc:
+        print(f"guardline: invalid config: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"guardline: cannot read config: {exc}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    workers = args.workers if args.workers is not None else config.server.workers
+    options: dict[str, Any] = {
+        "host": args.host or config.server.host,
+        "port": args.port if args.port is not None else config.server.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "log_level": args.log_level or config.logging.level,
+        # One line per request is the gateway's own request log, not uvicorn's access log.
+        "access_log": False,
+        # The upstream's Server and Date headers are relayed; the gateway adds none of its own.
+        "server_header": False,
+        "date_header": False,
+        "timeout_graceful_shutdown": math.ceil(config.server.graceful_shutdown_s),
+    }
+    if workers > 1:
+        # Worker processes import the app themselves: hand them the config path.
+        os.environ["GUARDLINE_CONFIG"] = os.path.abspath(args.config)
+        uvicorn.run("proxy.app:app_from_env", factory=True, workers=workers, **options)
+    else:
+        from proxy.app import create_app
+
+        uvicorn.run(create_app(config), **options)
+    return 0

@@ -1,0 +1,39 @@
+"""The chat service: one authenticated, routed chat request -> the upstream's reply.
+
+Handlers call `state.chat_service(state, call)`, which is `forward_chat` unless something
+(the moderation pipeline) wraps it: a wrapper receives the same `ChatCall`, may refuse it,
+calls `forward_chat`, and may inspect or replace the returned `UpstreamReply`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from proxy.config_schema import RouteConfig
+from proxy.request_body import ChatBody
+from proxy.upstreams.reply import RawHeaders, UpstreamReply
+
+if TYPE_CHECKING:
+    from proxy.state import GatewayState
+
+
+@dataclass(slots=True)
+class ChatCall:
+    """Everything known about one chat request once it is authenticated and routed."""
+
+    tenant: str | None
+    route: RouteConfig
+    body: ChatBody
+    headers: RawHeaders  # the client's request headers, names lower-case (ASGI)
+    request_id: str
+
+
+ChatService = Callable[["GatewayState", ChatCall], Awaitable[UpstreamReply]]
+
+
+async def forward_chat(state: GatewayState, call: ChatCall) -> UpstreamReply:
+    """Send the call to its route's upstream, unchanged. Raises GatewayError subclasses."""
+    upstream = state.upstreams[call.route.upstream]
+    return await upstream.chat(call.body, call.headers)

@@ -1,0 +1,86 @@
+"""Parse a chat completion request body once and validate only what the gateway reads.
+
+The body stays the client's: unknown fields are never looked at, and the original bytes are
+what gets forwarded, unless the model name must be rewritten (model alias). Only `model`,
+`messages`, `stream` and `stream_options` are checked, each error naming the field in `param`
+the way OpenAI does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from proxy.errors import InvalidField, InvalidJSON, InvalidRequest
+
+
+@dataclass(slots=True)
+class ChatBody:
+    """A parsed request: the original bytes, the decoded object and the fields the gateway uses."""
+
+    raw: bytes
+    data: dict[str, Any]
+    model: str
+    messages: list[dict[str, Any]]
+    stream: bool
+    include_usage: bool
+
+    def with_model(self, model: str) -> bytes:
+        """The body re-encoded with another model name (the only rewrite the gateway makes)."""
+        if model == self.model:
+            return self.raw
+        return orjson.dumps({**self.data, "model": model})
+
+
+def _type_error(param: str, expected: str) -> InvalidField:
+    return InvalidField(f"Invalid type for '{param}': expected {expected}.", param=param)
+
+
+def parse_chat_body(raw: bytes) -> ChatBody:
+    """Decode and check `raw`; raises InvalidJSON or InvalidField (400) with `param` set."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(
+            f"We could not parse the JSON body of your request. ({exc.msg})"
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_type")
+
+    model = data.get("model")
+    if model is None:
+        raise InvalidField(
+            "you must provide a model parameter", param="model", code="missing_required_parameter"
+        )
+    if not isinstance(model, str):
+        raise _type_error("model", "a string")
+
+    messages = data.get("messages")
+    if messages is None:
+        raise InvalidField(
+            "Missing required parameter: 'messages'.",
+            param="messages",
+            code="missing_required_parameter",
+        )
+    if not isinstance(messages, list):
+        raise _type_error("messages", "an array")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _type_error(f"messages[{i}]", "an object")
+
+    stream = data.get("stream")
+    if stream is None:
+        stream = False
+    elif not isinstance(stream, bool):
+        raise _type_error("stream", "a boolean")
+
+    include_usage = False
+    options = data.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise _type_error("stream_options", "an object")
+        include_usage = options.get("include_usage") is True
+
+    return ChatBody(raw, data, model, messages, stream, include_usage)

@@ -1,0 +1,58 @@
+"""The gateway's one explicit state object, built in the app's lifespan.
+
+Everything a request needs that outlives it (config, authenticator, router, pooled upstream
+clients, readiness probes, the chat service) lives here and is passed explicitly; there is no
+module-level mutable state. Later components (guards, policies, telemetry) add their probes to
+`readiness` and their shutdown hooks to `closers`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import HTTPConnection
+
+from proxy.auth import Authenticator
+from proxy.config_schema import GatewayConfig
+from proxy.forward import ChatService, forward_chat
+from proxy.routing import Router
+from proxy.upstreams.reply import ChatUpstream
+
+log = logging.getLogger("guardline.state")
+
+# A readiness probe answers (ready, detail); `detail` is merged into /readyz's `checks`.
+ReadinessProbe = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+
+
+@dataclass(slots=True)
+class GatewayState:
+    config: GatewayConfig
+    authenticator: Authenticator
+    router: Router
+    upstreams: dict[str, ChatUpstream]
+    chat_service: ChatService = forward_chat
+    readiness: list[ReadinessProbe] = field(default_factory=list)
+    # Run in reverse order at shutdown, after the upstream clients are closed.
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    started_at: int = 0
+
+    async def aclose(self) -> None:
+        for upstream in self.upstreams.values():
+            try:
+                await upstream.aclose()
+            except Exception:
+                log.exception("closing upstream %s failed", upstream.name)
+        for closer in reversed(self.closers):
+            try:
+                await closer()
+            except Exception:
+                log.exception("shutdown hook failed")
+
+
+def get_state(conn: HTTPConnection) -> GatewayState:
+    """The state of the app serving this request (set by the lifespan)."""
+    state: GatewayState = conn.app.state.gateway
+    return state

@@ -1,0 +1,274 @@
+"""An OpenAI-compatible upstream double, told how to behave by request headers.
+
+It serves `POST /v1/chat/completions` and `GET /v1/models` the way OpenAI does (JSON, or SSE
+chunks ending with `data: [DONE]`, a usage chunk when `stream_options.include_usage`), and
+records what it received and which clients went away. Request headers steer it:
+
+    x-double-status: 429          answer with this status and an OpenAI error envelope
+    x-double-delay-ms: 200        wait before the response headers
+    x-double-chunks: 5            content chunks in a stream (default 3)
+    x-double-chunk-delay-ms: 50   wait between stream chunks
+    x-double-tool-calls: 1        answer with a tool call instead of text
+    x-double-die-after: 2         stream: break the connection after this many chunks
+    x-double-echo: 1              add the received body and headers to the answer (`echo`)
+    x-double-id: abc              name this request in `disconnects` / `wait_disconnect`
+
+Every answer carries a vendor field (`x_double`) and a vendor header (`x-double-served`) so
+tests can check that unknown fields pass through the gateway in both directions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.types import Message, Receive, Scope, Send
+
+
+class DoubleDied(Exception):
+    """Raised inside the ASGI app to make the server drop the connection mid-stream."""
+
+
+@dataclass(frozen=True)
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+@dataclass
+class UpstreamDouble:
+    """The ASGI app. Thread-safe to inspect from the test thread while a server runs it."""
+
+    received: list[Received] = field(default_factory=list)
+    disconnects: list[str] = field(default_factory=list)
+    _events: dict[str, threading.Event] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _event(self, request_id: str) -> threading.Event:
+        with self._lock:
+            return self._events.setdefault(request_id, threading.Event())
+
+    def wait_disconnect(self, request_id: str, timeout: float = 10.0) -> bool:
+        """Block until the request named by `x-double-id` saw its client go away."""
+        return self._event(request_id).wait(timeout)
+
+    def last(self) -> Received:
+        return self.received[-1]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        assert scope["type"] == "http"
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        self.received.append(Received(scope["method"], scope["path"], headers, body))
+        path = scope["path"]
+        if path == "/v1/models" and scope["method"] == "GET":
+            await _json(send, 200, {"object": "list", "data": [_model("double-model")]})
+        elif path == "/v1/chat/completions" and scope["method"] == "POST":
+            await self._chat(headers, body, receive, send)
+        else:
+            error = {"message": f"no route {path}", "type": "invalid_request_error"}
+            await _json(send, 404, {"error": {**error, "param": None, "code": None}})
+
+    async def _chat(
+        self, headers: dict[str, str], raw: bytes, receive: Receive, send: Send
+    ) -> None:
+        request_id = headers.get("x-double-id", "")
+        gone = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            delay = int(headers.get("x-double-delay-ms", "0")) / 1000
+            if delay and await _gone_within(gone, delay):
+                self._record(request_id)
+                return
+            status = int(headers.get("x-double-status", "200"))
+            if status != 200:
+                message = f"double error {status}"
+                error = {"message": message, "type": "double_error", "param": None, "code": "x"}
+                await _json(send, status, {"error": error, "x_double": True})
+                return
+            body = orjson.loads(raw)
+            echo = {"body": body, "headers": headers} if headers.get("x-double-echo") else None
+            if body.get("stream"):
+                finished = await self._stream(headers, body, echo, gone, send)
+                if not finished:
+                    self._record(request_id)
+            else:
+                await _json(send, 200, _completion(headers, body, echo))
+        finally:
+            gone.cancel()
+
+    def _record(self, request_id: str) -> None:
+        self.disconnects.append(request_id)
+        self._event(request_id).set()
+
+    async def _stream(
+        self,
+        headers: dict[str, str],
+        body: dict[str, Any],
+        echo: dict[str, Any] | None,
+        gone: asyncio.Future[None],
+        send: Send,
+    ) -> bool:
+        """Send the SSE stream; False when the client went away before it ended."""
+        chunks = int(headers.get("x-double-chunks", "3"))
+        delay = int(headers.get("x-double-chunk-delay-ms", "0")) / 1000
+        die_after = int(headers.get("x-double-die-after", "-1"))
+        tools = bool(headers.get("x-double-tool-calls"))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"x-double-served", b"1"),
+                ],
+            }
+        )
+        events = _stream_events(body, chunks, tools, echo)
+        for i, event in enumerate(events):
+            if i == die_after:
+                raise DoubleDied("the double breaks the stream on request")
+            if delay and i and await _gone_within(gone, delay):
+                return False
+            if gone.done():
+                return False
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return True
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _gone_within(gone: asyncio.Future[None], seconds: float) -> bool:
+    done, _ = await asyncio.wait({gone}, timeout=seconds)
+    return bool(done)
+
+
+async def _json(send: Send, status: int, payload: Any) -> None:
+    data = orjson.dumps(payload)
+    start: Message = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(data)).encode()),
+            (b"x-double-served", b"1"),
+            (b"x-request-id", b"req_double"),
+        ],
+    }
+    await send(start)
+    await send({"type": "http.response.body", "body": data})
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "double"}
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    for message in reversed(body.get("messages", [])):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):
+            return " ".join(
+                p.get("text", f"<{p.get('type')}>") for p in content if isinstance(p, dict)
+            )
+    return ""
+
+
+_TOOL_ID = "call_double_1"
+_TOOL_NAME = "get_weather"
+_TOOL_ARGS = '{"city": "Paris"}'
+_USAGE = {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+
+
+def _completion(
+    headers: dict[str, str], body: dict[str, Any], echo: dict[str, Any] | None
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": None}
+    if headers.get("x-double-tool-calls"):
+        message["tool_calls"] = [
+            {
+                "id": _TOOL_ID,
+                "type": "function",
+                "function": {"name": _TOOL_NAME, "arguments": _TOOL_ARGS},
+            }
+        ]
+        finish = "tool_calls"
+    else:
+        message["content"] = f"double says: {_last_user_text(body)}"
+        finish = "stop"
+    out: dict[str, Any] = {
+        "id": "chatcmpl-double",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", ""),
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+        "usage": _USAGE,
+        "x_double": {"vendor": True},
+    }
+    if echo is not None:
+        out["echo"] = echo
+    return out
+
+
+def _stream_events(
+    body: dict[str, Any], chunks: int, tools: bool, echo: dict[str, Any] | None
+) -> list[bytes]:
+    base = {
+        "id": "chatcmpl-double",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": body.get("model", ""),
+        "x_double": {"vendor": True},
+    }
+
+    def chunk(
+        delta: dict[str, Any], finish: str | None = None, extra: dict[str, Any] | None = None
+    ) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return b"data: " + orjson.dumps({**base, "choices": [choice], **(extra or {})}) + b"\n\n"
+
+    first_extra = {"echo": echo} if echo is not None else None
+    events = [chunk({"role": "assistant", "content": ""}, None, first_extra)]
+    if tools:
+        call = {"index": 0, "id": _TOOL_ID, "type": "function"}
+        events.append(
+            chunk({"tool_calls": [{**call, "function": {"name": _TOOL_NAME, "arguments": ""}}]})
+        )
+        step = max(1, len(_TOOL_ARGS) // max(chunks, 1))
+        for i in range(0, len(_TOOL_ARGS), step):
+            part = _TOOL_ARGS[i : i + step]
+            events.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}))
+        events.append(chunk({}, "tool_calls"))
+    else:
+        events.extend(chunk({"content": f"word{i} "}) for i in range(chunks))
+        events.append(chunk({}, "stop"))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        usage = {**base, "choices": [], "usage": _USAGE}
+        events.append(b"data: " + orjson.dumps(usage) + b"\n\n")
+    events.append(b"data: [DONE]\n\n")
+    return events
