@@ -42,8 +42,10 @@ SENSITIVE_KEYS: Final = frozenset(
     }
 )
 # Shapes of credentials: bearer/basic tokens and OpenAI-style keys (sk-..., sk-proj-...).
+# A bearer token must contain a non-letter (tokens have digits or punctuation) so that prose
+# such as "bearer token" stays readable; registered secrets are removed whatever their shape.
 _PATTERNS: Final = (
-    r"(?i:bearer)\s+[^\s\"',;]+",
+    r"(?i:bearer)\s+(?=[A-Za-z]*[^A-Za-z\s\"',;])[^\s\"',;]+",
     r"(?i:basic)\s+[A-Za-z0-9+/=]{8,}",
     r"sk-[A-Za-z0-9_-]{8,}",
 )

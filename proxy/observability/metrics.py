@@ -73,9 +73,7 @@ class GatewayMetrics:
             ["guard"],
             registry=r,
         )
-        self.cache_hits = Counter(
-            f"{p}_cache_hits", "Verdict cache hits", ["guard"], registry=r
-        )
+        self.cache_hits = Counter(f"{p}_cache_hits", "Verdict cache hits", ["guard"], registry=r)
         self.cache_misses = Counter(
             f"{p}_cache_misses", "Verdict cache misses", ["guard"], registry=r
         )
@@ -86,7 +84,8 @@ class GatewayMetrics:
             registry=r,
         )
         self.audit_dropped = Counter(
-            f"{p}_audit_dropped", "Audit records dropped (writer queue full or write failed)",
+            f"{p}_audit_dropped",
+            "Audit records dropped (writer queue full or write failed)",
             registry=r,
         )
         self.audit_written = Counter(
@@ -105,7 +104,9 @@ class GatewayMetrics:
             registry=r,
         )
         self.policy_reload = Counter(
-            f"{p}_policy_reload", "Policy hot reloads by result (ok, error)", ["result"],
+            f"{p}_policy_reload",
+            "Policy hot reloads by result (ok, error)",
+            ["result"],
             registry=r,
         )
 

@@ -100,6 +100,7 @@ GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
 GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"
 GEN_AI_SYSTEM: Final = "gen_ai.system"  # deprecated alias of gen_ai.provider.name
 
+
 class TracingConfigError(ValueError):
     """An OTEL_* variable asks for something this installation cannot do (named in the message)."""
 
