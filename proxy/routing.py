@@ -45,7 +45,7 @@ class Router:
         return self._routes
 
     def split_path(self, path: str) -> tuple[str, str]:
-        """"/kids/v1/chat/completions" -> ("/kids", "/v1/chat/completions"); else ("", path)."""
+        """ "/kids/v1/chat/completions" -> ("/kids", "/v1/chat/completions"); else ("", path)."""
         for prefix in self._prefixes:
             if path == prefix:
                 return prefix, "/"
