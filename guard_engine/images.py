@@ -95,12 +95,15 @@ def _normalize(data: bytes, max_pixels: int, p: str, param: str) -> GuardImage:
         # the cost of a large photo is avoided. The scale factor does not depend on rotation.
         opened.draft("RGB", target)
     opened.load()
-    img = ImageOps.exif_transpose(opened)
-    img = _to_rgb(img)
+    # in_place: without an orientation tag the default would copy the whole decoded image.
+    ImageOps.exif_transpose(opened, in_place=True)
+    img = _to_rgb(opened)
     final = _target_size(*img.size)
     if final != img.size:
-        # reducing_gap: a fast integer box reduction first, then Lanczos on the remainder.
-        img = img.resize(final, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        # Bilinear (antialiased by pillow when shrinking) is the filter the guard's own Gemma-3
+        # image processor uses; Lanczos cost 3x as much here for no difference the guard sees.
+        # reducing_gap: a fast integer box reduction first (PNG/WebP/GIF, which have no draft).
+        img = img.resize(final, Image.Resampling.BILINEAR, reducing_gap=2.0)
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=JPEG_QUALITY)
     encoded = out.getvalue()

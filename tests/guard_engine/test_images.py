@@ -88,6 +88,15 @@ def test_exif_orientation_is_applied() -> None:
     assert close(pixel(out, (20, 70)), BLUE)
 
 
+def test_exif_rotation_of_a_large_jpeg_scales_the_upright_image() -> None:
+    # Decode-time downscaling (draft) and rotation together: 4000x3000 shown as 3000x4000.
+    src = Image.linear_gradient("L").resize((4000, 3000)).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    out = decode(normalize_image(encode(src, "JPEG", exif=exif), param=PARAM).data)
+    assert out.size == (672, 896)
+
+
 def test_transparency_is_composited_on_white() -> None:
     src = Image.new("RGBA", (50, 50), (255, 0, 0, 0))
     src.paste((0, 0, 255, 255), (25, 0, 50, 50))
