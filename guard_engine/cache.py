@@ -105,7 +105,7 @@ class VerdictCache:
                 return None
             self._entries.move_to_end(key)
             self._hits += 1
-        return replace(verdict, cache_hit=True)
+        return verdict
 
     def put(self, key: str, verdict: Verdict) -> None:
         """Store a verdict. Degraded verdicts (a fallback guard's, or none at all) are not
@@ -113,8 +113,10 @@ class VerdictCache:
         if self.max_entries == 0 or verdict.degraded:
             return
         expires = self._clock() + self.ttl_s
+        # Marked once here rather than on every hit: `replace` costs microseconds.
+        stored = verdict if verdict.cache_hit else replace(verdict, cache_hit=True)
         with self._lock:
-            self._entries[key] = (expires, verdict)
+            self._entries[key] = (expires, stored)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
@@ -40,6 +41,24 @@ def _digest(path: str) -> str | None:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
     except OSError:
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    """A validated reload, not yet swapped in."""
+
+    policy: CompiledPolicy
+    new_shadows: dict[str, CompiledPolicy]  # shadows first named by this edit
+    digests: dict[str, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejected:
+    """A reload that did not validate. The digests of what was read are kept all the same,
+    or every later event in the directory would retry (and report) the same broken bytes."""
+
+    error: str
+    digests: dict[str, str | None]
 
 
 class PolicyStore:
@@ -72,23 +91,29 @@ class PolicyStore:
         for path in paths:
             key = policy_key(path)
             self._aliases[os.fspath(path)] = key
-            self._load_with_shadows(key, loaded)
+            self._digests.update(self._load_with_shadows(key, loaded))
+        self._aliases.update({k: k for k in loaded})
         self._policies = MappingProxyType(loaded)
 
-    def _load_with_shadows(self, key: str, into: dict[str, CompiledPolicy]) -> None:
-        # Shadows are followed transitively; a cycle stops at a file already loaded.
+    def _load_with_shadows(
+        self, key: str, into: dict[str, CompiledPolicy]
+    ) -> dict[str, str | None]:
+        """Load `key` and its shadows not yet in `into`; returns the digests of what it read.
+
+        Touches no attribute of the store, so that it can run in a worker thread.
+        """
+        digests: dict[str, str | None] = {}
         pending = [key]
         while pending:
             current = pending.pop()
             if current in into:
-                continue
-            digest = _digest(current)
+                continue  # already loaded, or a shadow cycle
+            digests[current] = _digest(current)
             policy = load_policy(current, known_guards=self._known_guards)
             into[current] = policy
-            self._digests[current] = digest
-            self._aliases[current] = current
             if policy.shadow is not None:
                 pending.append(policy.shadow)
+        return digests
 
     # -- reading (any thread, lock-free) ------------------------------------------------
 
@@ -114,30 +139,56 @@ class PolicyStore:
     def reload_now(self, path: str | Path) -> CompiledPolicy | None:
         """Re-validate one file now. Returns the new policy, or None when the edit is rejected
         (the last good version keeps serving and `errors()` says why)."""
+        key = self._key_of(path)
+        return self._apply(key, self._prepare(key))
+
+    async def reload(self, path: str | Path) -> CompiledPolicy | None:
+        """`reload_now` with the reading and parsing in a worker thread: YAML parsing takes
+        tens of milliseconds, too long to block the event loop that serves requests."""
+        key = self._key_of(path)
+        return self._apply(key, await asyncio.to_thread(self._prepare, key))
+
+    def _key_of(self, path: str | Path) -> str:
         key = self._aliases.get(os.fspath(path)) or policy_key(path)
         if key not in self._policies:
             raise KeyError(f"policy file not loaded: {path}")
-        self._digests[key] = _digest(key)
+        return key
+
+    def _prepare(self, key: str) -> _Staged | _Rejected:
+        """Load the file (and any new shadow) against a snapshot; no store state changes."""
+        snapshot = self._policies
+        digests: dict[str, str | None] = {key: _digest(key)}
         try:
             policy = load_policy(key, known_guards=self._known_guards)
-            staged = dict(self._policies)
-            staged[key] = policy
-            if policy.shadow is not None and policy.shadow not in staged:
-                try:
-                    self._load_with_shadows(policy.shadow, staged)
-                except ConfigFileError as exc:
-                    raise ConfigFileError(key, f"shadow policy is invalid: {exc}") from None
         except ConfigFileError as exc:
-            errors = dict(self._errors)
-            errors[key] = str(exc)
-            self._errors = MappingProxyType(errors)
-            self._notify(key, None, str(exc))
+            return _Rejected(str(exc), digests)
+        staged = dict(snapshot)
+        staged[key] = policy
+        if policy.shadow is not None and policy.shadow not in staged:
+            try:
+                digests.update(self._load_with_shadows(policy.shadow, staged))
+            except ConfigFileError as exc:
+                error = ConfigFileError(key, f"shadow policy is invalid: {exc}")
+                return _Rejected(str(error), digests)
+        added = {k: v for k, v in staged.items() if k not in snapshot}
+        return _Staged(policy, added, digests)
+
+    def _apply(self, key: str, outcome: _Staged | _Rejected) -> CompiledPolicy | None:
+        """Swap in a prepared reload, or record its error (event loop only)."""
+        self._digests.update(outcome.digests)
+        if isinstance(outcome, _Rejected):
+            self._errors = MappingProxyType({**self._errors, key: outcome.error})
+            self._notify(key, None, outcome.error)
             return None
-        self._policies = MappingProxyType(staged)
+        self._aliases.update({k: k for k in outcome.new_shadows})
+        # Only this file and its new shadows change: a reload applied since the snapshot was
+        # taken is not undone.
+        merged = {**self._policies, **outcome.new_shadows, key: outcome.policy}
+        self._policies = MappingProxyType(merged)
         if key in self._errors:
             self._errors = MappingProxyType({k: v for k, v in self._errors.items() if k != key})
-        self._notify(key, policy, None)
-        return policy
+        self._notify(key, outcome.policy, None)
+        return outcome.policy
 
     def _notify(self, key: str, policy: CompiledPolicy | None, error: str | None) -> None:
         if self._on_reload is not None:
@@ -153,10 +204,10 @@ class PolicyStore:
                 changed.append(key)
         return changed
 
-    def _handle(self, changes: set[tuple[watchfiles.Change, str]], dirs: set[str]) -> None:
-        touched = {os.path.dirname(os.path.abspath(p)) for _, p in changes}
-        for key in self._changed_in(touched & dirs):
-            self.reload_now(key)
+    async def _handle(self, changes: set[tuple[watchfiles.Change, str]], dirs: set[str]) -> None:
+        touched = {os.path.dirname(p) for _, p in changes}
+        for key in await asyncio.to_thread(self._changed_in, touched & dirs):
+            await self.reload(key)
 
     def _watched_dirs(self) -> set[str]:
         return {os.path.dirname(k) for k in self._policies if os.path.isdir(os.path.dirname(k))}
@@ -180,7 +231,7 @@ class PolicyStore:
             ):
                 # The first yield (changes or timeout) proves the OS watch is installed.
                 self._watching.set()
-                self._handle(changes, dirs)
+                await self._handle(changes, dirs)
                 if self._watched_dirs() != dirs:
                     break
 

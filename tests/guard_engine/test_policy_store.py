@@ -90,6 +90,21 @@ def test_valid_edit_swaps_and_invalid_edit_keeps_the_last_good(files: tuple[Path
     assert fixed is not None and fixed.mode == "binary" and store.errors() == {}
 
 
+async def test_async_reload_parses_off_the_loop_and_skips_unchanged_bytes(
+    files: tuple[Path, Path],
+) -> None:
+    main, _ = files
+    store = PolicyStore([main])
+    main.write_text(policy_text("main", extra="bogus: 1\n"))
+    assert await store.reload(main) is None
+    # The rejected bytes are remembered: the watcher does not retry them on every event.
+    assert store._changed_in({str(main.parent)}) == []
+    main.write_text(policy_text("main", mode="binary"))
+    assert store._changed_in({str(main.parent)}) == [str(main)]
+    policy = await store.reload(main)
+    assert policy is not None and policy.mode == "binary" and store.errors() == {}
+
+
 def test_deleted_file_keeps_serving_and_is_reported(files: tuple[Path, Path]) -> None:
     main, _ = files
     store = PolicyStore([main])
