@@ -88,16 +88,23 @@ def append_response(user_text: str, response: str) -> str:
 def frame_custom_policy(policy: CompiledPolicy, *, think: bool) -> str:
     """UNVERIFIED: wrap a policy's natural-language text in the model card's framing.
 
-    Text that already starts with the preamble (a policy author who pasted the full framing)
-    is sent unchanged, so the framing is never doubled. The output depends only on the
-    compiled policy and the mode: byte-stable for the prefix cache.
+    The policy compiler normally frames it already (guard_engine/policy/compile.py, same
+    preamble); such text is kept byte-for-byte, and with THINK the reasoning line is inserted
+    after the preamble. Unframed text (a CompiledPolicy built elsewhere) is framed here the
+    same way. The output depends only on the policy and the mode: byte-stable for the cache.
     """
     text = policy.custom_policy or ""
-    if text.lstrip().startswith(POLICY_PREAMBLE):
+    think_line = "\n" + POLICY_THINK_LINE if think else ""
+    if text.startswith(POLICY_PREAMBLE):
+        rest = text[len(POLICY_PREAMBLE) :]
+        if think and not rest.startswith("\n" + POLICY_THINK_LINE):
+            return POLICY_PREAMBLE + think_line + rest
         return text
-    head = POLICY_PREAMBLE + ("\n" + POLICY_THINK_LINE if think else "")
     desc = " ".join(policy.description.split())  # one line, as the framing expects
-    return f"{head}\n\n### Policy\nName: {policy.name}\nDescription: {desc}\n\n{text.strip()}\n"
+    return (
+        f"{POLICY_PREAMBLE}{think_line}\n\n### Policy\nName: {policy.name}\n"
+        f"Description: {desc}\n\n{text}"
+    )
 
 
 def template_kwargs(policy: CompiledPolicy, mode: Mode) -> dict[str, Any]:

@@ -13,7 +13,8 @@ SGLang's OpenAI-compatible API in the formats of guard-models.md sections 1.1-1.
 Its "model" is deterministic: a text is unsafe when it contains a trigger word
 (case-insensitive); each trigger names the category it reports.
 
-Usage::
+Usage (in-process; or `python -m tests.doubles.sglang_server --delay-ms 15` in its own
+process, printing the base URL on stdout)::
 
     with start_sglang_double(unsafe_words={"bomb": "Guns and Illegal Weapons"}) as (url, rec):
         ...  # url = "http://127.0.0.1:PORT"; rec.requests = bodies seen, rec.configure(...)
@@ -307,3 +308,29 @@ def start_sglang_double(**knobs: Any) -> Iterator[tuple[str, SGLangDouble]]:
         yield url, double
     finally:
         double.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the double in its own process (benchmarks: no GIL sharing with the client).
+
+    Prints the base URL on the first line of stdout, then serves until stdin closes or the
+    process is terminated.
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--think", action="store_true", help="always answer with <think>")
+    args = parser.parse_args(argv)
+    with start_sglang_double(delay_ms=args.delay_ms, think=True if args.think else None) as (
+        url,
+        _rec,
+    ):
+        print(url, flush=True)
+        sys.stdin.read()  # returns when the parent closes our stdin (or exits)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -62,6 +62,22 @@ def test_assumption_custom_policy_framing_is_not_doubled() -> None:
     already = nemotron.POLICY_PREAMBLE + "\n\n### Policy\nName: x\n\n" + POLICY_TEXT
     policy = make_policy(custom_policy=already)
     assert nemotron.frame_custom_policy(policy, think=False) == already
+    # THINK inserts its line after the compiler's preamble, leaving the rest byte-identical.
+    assert nemotron.frame_custom_policy(policy, think=True) == (
+        nemotron.POLICY_PREAMBLE
+        + "\nFirst, think through your reasoning step-by-step."
+        + "\n\n### Policy\nName: x\n\n"
+        + POLICY_TEXT
+    )
+
+
+def test_assumption_framing_matches_the_policy_compiler() -> None:
+    from guard_engine.policy import compile as policy_compile
+
+    assert policy_compile.CUSTOM_POLICY_PREAMBLE == nemotron.POLICY_PREAMBLE
+    framed = policy_compile.frame_custom_policy_unverified_card_format("kids", "d", POLICY_TEXT)
+    unframed = make_policy(name="kids", description="d", custom_policy=POLICY_TEXT)
+    assert nemotron.frame_custom_policy(unframed, think=False) == framed
 
 
 def test_assumption_taxonomy_has_s24_economic_harm() -> None:
