@@ -1,4 +1,4 @@
-"""The one interface the proxy talks to: `await engine.check(GuardRequest, CompiledPolicy) -> Verdict`.
+"""The one interface the proxy talks to: `await engine.check(request, policy) -> Verdict`.
 
 The engine picks the guard (the policy's, else the default), consults the verdict cache, calls
 the backend and turns its result into a Verdict stamped with guard, model, `policy@hash`,
@@ -9,8 +9,8 @@ fallback) is the caller's policy decision, not the engine's.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from guard_engine.backends.base import Backend, BackendHealth
 from guard_engine.cache import VerdictCache, cache_key

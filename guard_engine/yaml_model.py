@@ -71,7 +71,7 @@ def _construct(
     if env is not None and isinstance(value, str) and "${" in value:
         text = interpolate(value, env, path=path, line=lines[keys], key=_dotted(keys))
         # Re-read interpolated scalars so that `port: ${PORT:-8080}` becomes an int.
-        if text != value and node.style is None:
+        if text != value and getattr(node, "style", None) is None:
             loaded = yaml.safe_load(text) if text.strip() else ""
             return loaded if isinstance(loaded, (int, float, bool)) else text
         return text

@@ -119,13 +119,15 @@ class AuditConfig(Strict):
     otel_logs: bool = False  # also emit records as OpenTelemetry log records
 
 
+def _default_guards() -> dict[str, GuardConfig]:
+    return {"local": EmbeddedGuardConfig(type="embedded")}
+
+
 class GatewayConfig(Strict):
     server: ServerConfig = ServerConfig()
     auth: AuthConfig = AuthConfig()
     default_guard: str = "local"
-    guards: dict[str, GuardConfig] = Field(
-        default_factory=lambda: {"local": EmbeddedGuardConfig(type="embedded")}
-    )
+    guards: dict[str, GuardConfig] = Field(default_factory=_default_guards)
     upstreams: dict[str, UpstreamConfig]
     routes: list[RouteConfig] = Field(min_length=1)
     tracing: TracingConfig = TracingConfig()

@@ -22,7 +22,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="config.yaml")
     parser.add_argument("--guard", help="guard name (default: the first sglang guard)")
     parser.add_argument("--host", default="127.0.0.1", help="address SGLang binds")
-    parser.add_argument("--run", action="store_true", help="exec the command instead of printing it")
+    parser.add_argument(
+        "--run", action="store_true", help="exec the command instead of printing it"
+    )
 
 
 def launch_command(guard: SGLangGuardConfig, *, host: str) -> list[str]:
@@ -33,7 +35,8 @@ def launch_command(guard: SGLangGuardConfig, *, host: str) -> list[str]:
         "--host", host, "--port", str(port),
         "--dtype", "bfloat16", "--context-length", "4096",
         "--trust-remote-code", "--enable-multimodal",
-        "--schedule-policy", "lpm",  # favours prefix-cache hits: every check shares the policy prefix
+        # lpm favours prefix-cache hits: every check of a policy shares its long prefix.
+        "--schedule-policy", "lpm",
     ]  # fmt: skip
 
 
@@ -48,15 +51,21 @@ def run(args: argparse.Namespace) -> int:
     guards = {n: g for n, g in config.guards.items() if isinstance(g, SGLangGuardConfig)}
     name = args.guard or next(iter(guards), None)
     if name is None or name not in guards:
-        print(f"guardline guard-server: no sglang guard named {name!r} in {args.config}", file=sys.stderr)
+        print(
+            f"guardline guard-server: no sglang guard named {name!r} in {args.config}",
+            file=sys.stderr,
+        )
         return 2
     command = launch_command(guards[name], host=args.host)
     if not args.run:
         print("SGLANG_DISABLE_CUDNN_CHECK=1 " + shlex.join(command))
         return 0
     if shutil.which(command[0]) is None or not _sglang_installed():
-        print("guardline guard-server: SGLang is not installed: pip install 'guardline[sglang]' "
-              "(needs a GPU)", file=sys.stderr)
+        print(
+            "guardline guard-server: SGLang is not installed: pip install 'guardline[sglang]' "
+            "(needs a GPU)",
+            file=sys.stderr,
+        )
         return 2
     os.environ.setdefault("SGLANG_DISABLE_CUDNN_CHECK", "1")
     os.execv(command[0], command)

@@ -1,0 +1,93 @@
+"""One guard decision under the policy's `on_guard_error`.
+
+    closed    the guard's failure is a 503 guard_unavailable (the only moderation 5xx)
+    open      the request goes on unchecked; the stage is marked `degraded`
+    fallback  the embedded guard decides; the verdict is marked degraded
+
+A flagged verdict is a policy decision, never an error: callers turn it into a block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from guard_engine.engine import GuardEngine
+from guard_engine.errors import GuardError
+from guard_engine.policy.compiled import CompiledPolicy
+from guard_engine.types import GuardRequest, Mode, Stage, Verdict
+from proxy.errors import GuardUnavailableError
+from proxy.guards import FALLBACK_GUARD
+
+StageStatus = Literal["safe", "unsafe", "skipped", "degraded"]
+
+
+@dataclass(frozen=True, slots=True)
+class StageResult:
+    stage: Stage
+    status: StageStatus
+    verdict: Verdict | None = None
+    degraded_reason: str | None = None  # timeout | unavailable | unparseable (+ "fallback")
+    guard_ms: float = 0.0
+
+    @property
+    def flagged(self) -> bool:
+        return self.verdict is not None and self.verdict.flagged
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return self.verdict.categories if self.verdict is not None and self.flagged else ()
+
+
+def skipped(stage: Stage) -> StageResult:
+    return StageResult(stage=stage, status="skipped")
+
+
+def _result(verdict: Verdict, *, reason: str | None = None) -> StageResult:
+    if verdict.flagged:
+        status: StageStatus = "unsafe"
+    else:
+        status = "degraded" if verdict.degraded else "safe"
+    return StageResult(
+        stage=verdict.stage,
+        status=status,
+        verdict=verdict,
+        degraded_reason=reason,
+        guard_ms=verdict.latency_ms,
+    )
+
+
+async def judge(
+    engine: GuardEngine,
+    request: GuardRequest,
+    policy: CompiledPolicy,
+    *,
+    headers: dict[str, str] | None = None,
+    mode: Mode | None = None,
+) -> StageResult:
+    """Check `request` and apply `on_guard_error`; raises GuardUnavailableError when closed."""
+    try:
+        return _result(await engine.check(request, policy, headers=headers, mode=mode))
+    except GuardError as exc:
+        failure = exc
+    if policy.on_guard_error == "open":
+        return StageResult(stage=request.stage, status="degraded", degraded_reason=failure.reason)
+    if policy.on_guard_error == "fallback":
+        try:
+            verdict = await engine.check(request, policy, guard=FALLBACK_GUARD, mode="binary")
+        except GuardError as fallback_failure:
+            raise _unavailable(failure, fallback=fallback_failure) from None
+        return _result(replace(verdict, degraded=True), reason=f"fallback:{failure.reason}")
+    raise _unavailable(failure) from None
+
+
+def _unavailable(
+    failure: GuardError, *, fallback: GuardError | None = None
+) -> GuardUnavailableError:
+    message = f"The content guard could not check this request ({failure.reason})"
+    if fallback is not None:
+        message += f", and the fallback guard failed too ({fallback.reason}: {fallback})"
+    return GuardUnavailableError(
+        message + ". It was not forwarded.",
+        headers={"retry-after": "1", "x-guardline-degraded": failure.reason},
+    )

@@ -1,0 +1,49 @@
+"""The x-guardline-* response headers: which policy decided what, and what it cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from guard_engine.policy.compiled import CompiledPolicy
+from proxy.moderation.decide import StageResult
+from proxy.upstreams.reply import RawHeaders
+
+
+@dataclass(slots=True)
+class Decisions:
+    """What moderation decided for one request, as it goes along."""
+
+    policy: CompiledPolicy
+    input: StageResult | None = None
+    output: StageResult | None = None
+    output_label: str | None = None  # overrides output status in headers (e.g. "holdback")
+    unchecked: tuple[str, ...] = ()
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def headers(self, server_timing: str | None = None) -> RawHeaders:
+        out: RawHeaders = [(b"x-guardline-policy", self.policy.ref.encode())]
+        out.append(
+            (b"x-guardline-input", (self.input.status if self.input else "skipped").encode())
+        )
+        output = self.output_label or (self.output.status if self.output else "skipped")
+        out.append((b"x-guardline-output", output.encode()))
+        categories = [
+            c for stage in (self.input, self.output) if stage is not None for c in stage.categories
+        ]
+        if categories:
+            out.append((b"x-guardline-categories", ", ".join(dict.fromkeys(categories)).encode()))
+        reasons = [
+            f"{s.stage}:{s.degraded_reason}"
+            for s in (self.input, self.output)
+            if s is not None and s.degraded_reason
+        ]
+        if reasons:
+            out.append((b"x-guardline-degraded", ", ".join(reasons).encode()))
+        if self.unchecked:
+            out.append((b"x-guardline-unchecked", ", ".join(self.unchecked).encode()))
+        if server_timing:
+            out.append((b"server-timing", server_timing.encode()))
+        return out
+
+    def header_dict(self, server_timing: str | None = None) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self.headers(server_timing)}

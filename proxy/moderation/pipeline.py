@@ -1,0 +1,322 @@
+"""The moderation pipeline: a chat service that wraps `forward_chat` (DESIGN section 1).
+
+    input check ─┬─ serial (default): check, then call the upstream
+                 └─ parallel: call the upstream at the same time; an unsafe verdict cancels it
+    upstream call
+    output check ─┬─ complete body: prompt + response in one guard call
+                  └─ stream: hold-back / buffer / monitor (proxy.streaming)
+
+Every reply, block or error carries the x-guardline-* headers and Server-Timing. A policy
+decision is never a 5xx; only a guard failure under `on_guard_error: closed` is (503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import orjson
+from opentelemetry.trace import NoOpTracer, Tracer
+
+from guard_engine.engine import GuardEngine
+from guard_engine.errors import GuardError
+from guard_engine.image_fetch import ImageFetcher
+from guard_engine.policy.compiled import CompiledPolicy
+from guard_engine.policy.store import PolicyStore
+from guard_engine.types import GuardRequest, Stage, Verdict
+from proxy.errors import GatewayError, UpstreamError
+from proxy.forward import ChatCall, ChatService, forward_chat
+from proxy.moderation.blocks import (
+    input_violation,
+    redact_completion,
+    refusal_completion,
+    refusal_stream,
+)
+from proxy.moderation.decide import StageResult, judge, skipped
+from proxy.moderation.extract import extract_output
+from proxy.moderation.headers import Decisions
+from proxy.moderation.inputs import prepare_input
+from proxy.observability.timing import Kind, RequestTiming
+from proxy.streaming.holdback import moderate_stream
+from proxy.streaming.outcome import StreamOutcome
+from proxy.upstreams.reply import UpstreamReply
+
+if TYPE_CHECKING:
+    from proxy.state import GatewayState
+
+# Called once per request when moderation is complete (for a stream: when it ended).
+Finished = Callable[[ChatCall, Decisions, RequestTiming, StreamOutcome | None], None]
+
+
+class ModerationPipeline:
+    def __init__(
+        self,
+        *,
+        engine: GuardEngine,
+        policies: PolicyStore,
+        fetcher: ImageFetcher | None = None,
+        forward: ChatService = forward_chat,
+        tracer: Tracer | None = None,
+        on_finished: Finished | None = None,
+    ) -> None:
+        self.engine = engine
+        self.policies = policies
+        self.fetcher = fetcher
+        self._forward = forward
+        self._tracer = tracer or NoOpTracer()
+        self._on_finished = on_finished
+
+    async def __call__(self, state: GatewayState, call: ChatCall) -> UpstreamReply:
+        timing = RequestTiming()
+        policy = self.policies.get(call.route.policy)
+        decisions = Decisions(policy=policy)
+        try:
+            reply = await self._run(state, call, policy, decisions, timing)
+        except GatewayError as exc:
+            timing.finish()
+            exc.headers.update(decisions.header_dict(timing.server_timing()))
+            self._finished(call, decisions, timing, None)
+            raise
+        return reply
+
+    async def _run(
+        self,
+        state: GatewayState,
+        call: ChatCall,
+        policy: CompiledPolicy,
+        decisions: Decisions,
+        timing: RequestTiming,
+    ) -> UpstreamReply:
+        prepared = await prepare_input(call.body.messages, policy, self.fetcher)
+        decisions.unchecked = prepared.unchecked
+        guard_request = prepared.request
+        check_input = policy.input.enabled and not prepared.empty
+
+        upstream_task: asyncio.Task[UpstreamReply] | None = None
+        if check_input and policy.input.parallel:
+            upstream_task = asyncio.ensure_future(self._call_upstream(state, call, timing))
+        try:
+            if check_input:
+                decisions.input = await self._judge("input", guard_request, policy, timing)
+            else:
+                decisions.input = skipped("input")
+            if prepared.unchecked and decisions.input.status == "safe":
+                # Forwarded parts the guard never saw: never report the input as plainly safe.
+                decisions.input = replace(decisions.input, status="degraded")
+            if decisions.input.flagged:
+                return await self._block_input(call, policy, decisions, timing, upstream_task)
+            if upstream_task is not None:
+                reply = await upstream_task
+            else:
+                reply = await self._call_upstream(state, call, timing)
+        except BaseException:
+            if upstream_task is not None:
+                await _cancel(upstream_task)
+            raise
+        return await self._moderate_output(call, policy, decisions, timing, guard_request, reply)
+
+    async def _call_upstream(
+        self, state: GatewayState, call: ChatCall, timing: RequestTiming
+    ) -> UpstreamReply:
+        with self._tracer.start_as_current_span("upstream"), timing.measure("upstream"):
+            return await self._forward(state, call)
+
+    async def _judge(
+        self, stage: Stage, request: GuardRequest, policy: CompiledPolicy, timing: RequestTiming
+    ) -> StageResult:
+        kind: Kind = "guard-input" if stage == "input" else "guard-output"
+        with self._tracer.start_as_current_span(f"guard.{stage}"), timing.measure(kind):
+            return await judge(self.engine, request, policy)
+
+    async def _block_input(
+        self,
+        call: ChatCall,
+        policy: CompiledPolicy,
+        decisions: Decisions,
+        timing: RequestTiming,
+        upstream_task: asyncio.Task[UpstreamReply] | None,
+    ) -> UpstreamReply:
+        if upstream_task is not None:
+            await _cancel(upstream_task)
+        decisions.output = skipped("output")
+        assert decisions.input is not None
+        if policy.on_block.input == "error":
+            raise input_violation(policy, decisions.input.categories)
+        timing.finish()
+        headers = decisions.headers(timing.server_timing())
+        self._finished(call, decisions, timing, None)
+        model, refusal = call.body.model, policy.on_block.refusal
+        if call.body.stream:
+            events = refusal_stream(
+                request_id=call.request_id,
+                model=model,
+                refusal=refusal,
+                include_usage=call.body.include_usage,
+            )
+            return UpstreamReply(
+                status=200,
+                headers=[(b"content-type", b"text/event-stream"), *headers],
+                stream=_iterate(events),
+            )
+        body = refusal_completion(request_id=call.request_id, model=model, refusal=refusal)
+        return UpstreamReply(
+            status=200, headers=[(b"content-type", b"application/json"), *headers], body=body
+        )
+
+    async def _moderate_output(
+        self,
+        call: ChatCall,
+        policy: CompiledPolicy,
+        decisions: Decisions,
+        timing: RequestTiming,
+        prompt: GuardRequest,
+        reply: UpstreamReply,
+    ) -> UpstreamReply:
+        if reply.status >= 400 or not policy.output.enabled:
+            decisions.output = skipped("output")
+            return self._done(call, decisions, timing, reply)
+        if reply.stream is None:
+            return await self._check_body(call, policy, decisions, timing, prompt, reply)
+        outcome = StreamOutcome()
+        decisions.output_label = policy.output.stream
+        reply.headers.extend(decisions.headers(timing.server_timing()))
+        check = self._stream_check(policy, prompt, timing)
+        moderated = moderate_stream(
+            reply.stream,
+            mode=policy.output.stream,
+            holdback_chars=policy.output.holdback_chars,
+            check=check,
+            refusal=policy.on_block.refusal,
+            outcome=outcome,
+        )
+        reply.stream = self._stream_finished(call, decisions, timing, outcome, moderated)
+        return reply
+
+    async def _check_body(
+        self,
+        call: ChatCall,
+        policy: CompiledPolicy,
+        decisions: Decisions,
+        timing: RequestTiming,
+        prompt: GuardRequest,
+        reply: UpstreamReply,
+    ) -> UpstreamReply:
+        try:
+            data = orjson.loads(reply.body)
+        except orjson.JSONDecodeError:
+            await reply.aclose()
+            raise UpstreamError("The upstream answered with a body that is not JSON.") from None
+        text = extract_output(data) if isinstance(data, dict) else ""
+        if not text:
+            decisions.output = skipped("output")
+            return self._done(call, decisions, timing, reply)
+        request = replace(prompt, response=text)
+        decisions.output = await self._judge("output", request, policy, timing)
+        if decisions.output.flagged:
+            reply.body = redact_completion(data, policy.on_block.refusal)
+        return self._done(call, decisions, timing, reply)
+
+    def _done(
+        self, call: ChatCall, decisions: Decisions, timing: RequestTiming, reply: UpstreamReply
+    ) -> UpstreamReply:
+        timing.finish()
+        reply.headers.extend(decisions.headers(timing.server_timing()))
+        self._finished(call, decisions, timing, None)
+        return reply
+
+    def _stream_check(
+        self, policy: CompiledPolicy, prompt: GuardRequest, timing: RequestTiming
+    ) -> Callable[[str], Awaitable[Verdict]]:
+        async def check(text: str) -> Verdict:
+            result = await self._judge("output", replace(prompt, response=text), policy, timing)
+            if result.verdict is None:  # on_guard_error: open
+                return _unchecked(policy, result)
+            return result.verdict
+
+        return check
+
+    async def _stream_finished(
+        self,
+        call: ChatCall,
+        decisions: Decisions,
+        timing: RequestTiming,
+        outcome: StreamOutcome,
+        stream: AsyncIterator[bytes],
+    ) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in stream:
+                yield chunk
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
+            timing.finish()
+            await outcome.settled()
+            decisions.output = _stream_result(outcome)
+            self._finished(call, decisions, timing, outcome)
+
+    def _finished(
+        self,
+        call: ChatCall,
+        decisions: Decisions,
+        timing: RequestTiming,
+        outcome: StreamOutcome | None,
+    ) -> None:
+        if self._on_finished is not None:
+            self._on_finished(call, decisions, timing, outcome)
+
+
+def _unchecked(policy: CompiledPolicy, result: StageResult) -> Verdict:
+    """The stand-in a fail-open stream check returns: explicitly degraded, never a guard's word."""
+    return Verdict(
+        stage="output",
+        prompt_label="safe",
+        response_label="safe",
+        categories=(),
+        score=None,
+        think=None,
+        raw=f"unchecked: guard failed ({result.degraded_reason}); on_guard_error: open",
+        latency_ms=result.guard_ms,
+        cache_hit=False,
+        degraded=True,
+        guard="none",
+        model="none",
+        policy=policy.ref,
+        mode=policy.mode,
+    )
+
+
+def _stream_result(outcome: StreamOutcome) -> StageResult:
+    last = outcome.verdicts[-1] if outcome.verdicts else None
+    flagged = next((v for v in outcome.verdicts if v.flagged), None)
+    if flagged is not None:
+        return StageResult(
+            stage="output", status="unsafe", verdict=flagged, guard_ms=outcome.guard_ms
+        )
+    if outcome.error is not None:
+        return StageResult(stage="output", status="degraded", degraded_reason=outcome.error.reason)
+    if last is None:
+        return skipped("output")
+    degraded = any(v.degraded for v in outcome.verdicts)
+    return StageResult(
+        stage="output",
+        status="degraded" if degraded else "safe",
+        verdict=last,
+        guard_ms=outcome.guard_ms,
+    )
+
+
+async def _iterate(events: list[bytes]) -> AsyncIterator[bytes]:
+    for event in events:
+        yield event
+
+
+async def _cancel(task: asyncio.Task[UpstreamReply]) -> None:
+    """Cancel an upstream call; if it already answered, close that answer's connection."""
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, GatewayError, GuardError, Exception):
+        reply = await task
+        await reply.aclose()
