@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import pathlib
+import shutil
 import socket
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
@@ -394,3 +398,85 @@ async def test_real_server_timeout_and_refused_connection() -> None:
             await fetcher.fetch(f"http://127.0.0.1:{port}/cat.png", param=PARAM)
     finally:
         await fetcher.aclose()
+
+
+# --- a real HTTPS server: the pinned connection still verifies the certificate by name -----
+
+
+@pytest.fixture
+def tls_cert(tmp_path: pathlib.Path) -> tuple[str, str]:
+    """A self-signed certificate for the name img.test, made with the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl command not available")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=img.test",
+            "-addext",
+            "subjectAltName=DNS:img.test",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return str(cert), str(key)
+
+
+async def test_https_to_the_pinned_ip_sends_sni_and_verifies_the_name(
+    tls_cert: tuple[str, str],
+) -> None:
+    cert, key = tls_cert
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    sni_seen: list[str | None] = []
+
+    def record_sni(_sock: ssl.SSLObject | ssl.SSLSocket, name: str | None, _c: object) -> None:
+        sni_seen.append(name)
+
+    server_ctx.sni_callback = record_sni
+    png = png_bytes()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            head = f"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {len(png)}"
+            writer.write(head.encode() + b"\r\nConnection: close\r\n\r\n" + png)
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass  # the client refused our certificate
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    client_ctx = ssl.create_default_context(cafile=cert)
+    resolver = fixed_resolver({"img.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+    fetcher = ImageFetcher(
+        allow_private=True,
+        resolver=resolver,
+        transport=httpx.AsyncHTTPTransport(verify=client_ctx),
+    )
+    try:
+        assert await fetcher.fetch(f"https://img.test:{port}/cat.png", param=PARAM) == png
+        assert sni_seen == ["img.test"]
+        # Same IP, but the certificate is not valid for this name: refused by TLS verification.
+        with pytest.raises(ImageError, match="could not be fetched"):
+            await fetcher.fetch(f"https://other.test:{port}/cat.png", param=PARAM)
+    finally:
+        await fetcher.aclose()
+        server.close()
+        await server.wait_closed()
