@@ -123,7 +123,7 @@ class ImageFetcher:
             raise ImageError(
                 f"{_prefix(param)}image URL timed out after {self._timeout_s:g}s", param=param
             ) from None
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise ImageError(
                 f"{_prefix(param)}image URL could not be fetched ({type(exc).__name__})",
                 param=param,

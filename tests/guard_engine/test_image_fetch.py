@@ -104,6 +104,20 @@ async def test_internal_addresses_are_refused_without_a_request(url: str) -> Non
     assert str(err.value).startswith(PARAM)
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["http://2130706433/a.png", "http://0x7f000001/a.png", "http://127.1/a.png", "http://0/"],
+)
+async def test_odd_numeric_hosts_are_resolved_then_vetted(url: str) -> None:
+    # The OS resolver reads these as IPv4 numbers; the vetting sees the resulting address.
+    fetcher = ImageFetcher(transport=httpx.MockTransport(never_called))
+    try:
+        with pytest.raises(ImageError, match="refused"):
+            await fetcher.fetch(url, param=PARAM)
+    finally:
+        await fetcher.aclose()
+
+
 def test_metadata_addresses_are_named() -> None:
     import ipaddress
 
