@@ -9,6 +9,7 @@ Behaviour (as the OpenAI API documents it):
   with `stream_options.include_usage` a final chunk carries `usage` and empty `choices`;
 - a last user message `status:<code>` answers that HTTP status with an OpenAI error body;
 - `sleep:<seconds>` waits before answering (for timeouts);
+- `die:<n>` (streaming) sends n chunks, then drops the connection without `[DONE]`;
 - every request body and its Authorization header are recorded in `requests`.
 """
 
@@ -106,7 +107,12 @@ class LiteLLMTarget:
             "model": body.get("model", ""),
         }
         words = reply.split(" ")
+        text = _last_user_text(body)
+        die_after = int(text.removeprefix("die:")) if text.startswith("die:") else None
         for i, word in enumerate(words):
+            if i == die_after:
+                # An exception after the headers makes uvicorn abort the connection.
+                raise ConnectionAbortedError("target died mid-stream")
             delta: dict[str, Any] = {"content": word if i == 0 else f" {word}"}
             if i == 0:
                 delta["role"] = "assistant"

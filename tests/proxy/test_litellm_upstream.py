@@ -151,6 +151,14 @@ async def test_stream_error_is_translated(upstream: LiteLLMUpstream) -> None:
     assert e.value.envelope()["error"]["type"] == "rate_limit_error"
 
 
+async def test_upstream_dying_mid_stream_raises_not_hangs(upstream: LiteLLMUpstream) -> None:
+    received: list[dict[str, Any]] = []
+    with pytest.raises(UpstreamError):
+        async for chunk in upstream.stream(user("die:1") | {"stream": True}):
+            received.append(chunk)
+    assert received and received[0]["choices"][0]["delta"]["content"] == "echo:"
+
+
 async def test_timeout_and_connection_refused(
     litellm: Any, target: tuple[LiteLLMTarget, str]
 ) -> None:
