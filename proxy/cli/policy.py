@@ -1,6 +1,7 @@
 """`guardline policy`: policy tools for the edit-lint-check loop.
 
-guardline policy lint [PATHS...] [--guards a,b]   validate files (default: policies/*.yaml)
+guardline policy lint [PATHS...] [--guards a,b] [--config config.yaml]
+                                                  validate files (default: policies/*.yaml)
 guardline policy show PATH                        print the compiled policy as the guard sees it
 """
 
@@ -10,11 +11,14 @@ import argparse
 import glob
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import orjson
 
 from guard_engine.errors import ConfigFileError
 from guard_engine.policy.compile import load_policy
+from guard_engine.yaml_model import load_yaml_text
+from proxy.config_schema import GatewayConfig
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +33,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="A,B",
         help="comma-separated guard names a policy's `guard:` may name (default: not checked)",
     )
+    lint.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="take the guard names from this config.yaml's `guards:` (like the gateway does)",
+    )
     show = sub.add_parser("show", help="print a compiled policy (hash, custom_policy, taxonomy)")
     show.add_argument("path", metavar="PATH")
     show.add_argument("--json", action="store_true", help="print every compiled field as JSON")
@@ -38,7 +48,30 @@ def run(args: argparse.Namespace) -> int:
     if args.policy_command == "show":
         return _show(args.path, as_json=args.json)
     guards = None if args.guards is None else [g.strip() for g in args.guards.split(",") if g]
+    if args.config is not None:
+        try:
+            guards = [*(guards or []), *_config_guards(args.config)]
+        except ConfigFileError as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
     return _lint(list(args.paths), guards)
+
+
+def _config_guards(path: str) -> list[str]:
+    """The guard names a config file defines. Read without `${VAR}` interpolation: names are
+    keys, never variables, and lint must not need the server's secrets in its environment."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigFileError(path, f"cannot read file: {exc.strerror or exc}") from None
+    data, lines = load_yaml_text(text, path=path)
+    guards = data.get("guards") if isinstance(data, dict) else None
+    if guards is None:
+        defaults = GatewayConfig.model_fields["guards"].get_default(call_default_factory=True)
+        return [str(name) for name in defaults]
+    if not isinstance(guards, dict):
+        raise ConfigFileError(path, "must be a mapping", line=lines.get(("guards",)), key="guards")
+    return [str(name) for name in guards]
 
 
 def _lint(paths: list[str], guards: list[str] | None) -> int:

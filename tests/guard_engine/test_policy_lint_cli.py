@@ -56,3 +56,22 @@ def test_show_prints_the_compiled_texts(tmp_path: Path, capsys: pytest.CaptureFi
     data = json.loads(capsys.readouterr().out)
     assert data["name"] == "p" and data["suppressed"] == ["Violence"]
     assert guardline(["policy", "show", str(tmp_path / "missing.yaml")]) == 1
+
+
+def test_lint_takes_guard_names_from_a_config_without_its_secrets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write(
+        tmp_path / "config.yaml",
+        "guards:\n  gpu: {type: sglang, base_url: '${GUARD_URL}'}\n"
+        "upstreams: {o: {type: openai}}\nroutes: [{upstream: o, name: r, policy: p.yaml}]\n",
+    )
+    ok = write(tmp_path / "ok.yaml", "name: ok\ndescription: d\nguard: gpu\n")
+    bad = write(tmp_path / "bad.yaml", "name: bad\ndescription: d\nguard: local\n")
+    assert guardline(["policy", "lint", "--config", config, ok]) == 0
+    assert guardline(["policy", "lint", "--config", config, bad]) == 1
+    assert "unknown guard 'local'; known guards: gpu" in capsys.readouterr().out
+    # Without a `guards:` section the config has the built-in embedded guard `local`.
+    plain = write(tmp_path / "plain.yaml", "upstreams: {o: {type: openai}}\n")
+    assert guardline(["policy", "lint", "--config", plain, bad]) == 0
+    assert guardline(["policy", "lint", "--config", str(tmp_path / "nope.yaml"), ok]) == 1
