@@ -96,9 +96,10 @@ def test_database_from_config_and_missing_database(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = tmp_path / "config.yaml"
+    policy = REPO / "policies" / "default.yaml"
     config.write_text(
         "upstreams:\n  openai: {type: openai}\n"
-        f"routes:\n  - {{name: default, upstream: openai, policy: {REPO / 'policies/default.yaml'}}}\n"
+        f"routes:\n  - {{name: default, upstream: openai, policy: {policy}}}\n"
         "audit: {path: data/trail.sqlite3}\n"
     )
     assert main(["audit", "list", "--config", str(config)]) == 1
