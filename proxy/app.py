@@ -21,12 +21,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from guard_engine.engine import GuardEngine
 from proxy.auth import Authenticator
 from proxy.config_schema import GatewayConfig, LiteLLMUpstreamConfig
 from proxy.errors import GatewayError, MethodNotAllowed, NotFound
 from proxy.handlers.chat import chat_completions
 from proxy.handlers.health import healthz, readyz
 from proxy.handlers.models import list_models
+from proxy.handlers.moderations import create_moderation
 from proxy.middleware import GatewayMiddleware
 from proxy.routing import Router
 from proxy.state import GatewayState, ReadinessProbe
@@ -50,7 +52,7 @@ def build_upstreams(
             from proxy.upstreams.litellm_chat import LiteLLMChat
             from proxy.upstreams.litellm_upstream import LiteLLMUpstream
 
-            out[name] = LiteLLMChat(LiteLLMUpstream(name, cfg))
+            out[name] = LiteLLMChat(LiteLLMUpstream(name, cfg), byok=byok)
         else:
             out[name] = OpenAIUpstream(name, cfg, byok=byok, transport=transports.get(name))
     return out
@@ -116,6 +118,7 @@ def _routes(config: GatewayConfig) -> list[BaseRoute]:
     for prefix in prefixes:
         routes.append(Route(f"{prefix}/v1/chat/completions", chat_completions, methods=["POST"]))
         routes.append(Route(f"{prefix}/v1/models", list_models, methods=["GET"]))
+        routes.append(Route(f"{prefix}/v1/moderations", create_moderation, methods=["POST"]))
     return routes
 
 
@@ -123,14 +126,25 @@ def create_app(
     config: GatewayConfig,
     *,
     transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+    moderation: bool = False,
+    engine: GuardEngine | None = None,
 ) -> Starlette:
-    """The gateway app. `transports` (upstream name -> httpx transport) is for tests."""
+    """The gateway app. `transports` (upstream name -> httpx transport) is for tests.
+
+    `moderation=True` installs the moderation pipeline (what `guardline serve` runs); False
+    serves the bare passthrough (the gateway core's own tests); `engine` replaces the guards
+    built from the config.
+    """
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state = build_state(config, transports=transports)
         app.state.gateway = state
         try:
+            if moderation:
+                from proxy.moderation.wiring import install_moderation
+
+                await install_moderation(state, config, engine=engine)
             yield
         finally:
             await state.aclose()
@@ -150,4 +164,4 @@ def app_from_env() -> Starlette:
     """Factory for `uvicorn --factory` (multi-worker serve): config path from GUARDLINE_CONFIG."""
     from proxy.config import load_config
 
-    return create_app(load_config(os.environ[CONFIG_ENV]))
+    return create_app(load_config(os.environ[CONFIG_ENV]), moderation=True)

@@ -6,7 +6,7 @@
     │   ├── InvalidField                  400                             invalid_type / (given)
     │   └── ContentPolicyViolation        400                             content_policy_violation
     ├── Unauthorized                      401     authentication_error    invalid_api_key
-    ├── NotFound                          404     invalid_request_error   not_found / model_not_found
+    ├── NotFound                          404     invalid_request_error   not_found, model_not_found
     ├── MethodNotAllowed                  405     invalid_request_error   method_not_allowed
     ├── PayloadTooLarge                   413     invalid_request_error   payload_too_large
     ├── RateLimited                       429     rate_limit_error        rate_limit_exceeded

@@ -38,6 +38,9 @@ class GatewayState:
     # Run in reverse order at shutdown, after the upstream clients are closed.
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     started_at: int = 0
+    # The moderation pipeline (proxy.moderation.pipeline.ModerationPipeline) when installed;
+    # typed loosely to keep this module free of guard imports.
+    moderation: Any = None
 
     async def aclose(self) -> None:
         for upstream in self.upstreams.values():

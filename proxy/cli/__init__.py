@@ -34,7 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     name = args_list[0]
     module = importlib.import_module(COMMANDS[name][0])
-    command_parser = argparse.ArgumentParser(prog=f"guardline {name}", description=COMMANDS[name][1])
+    command_parser = argparse.ArgumentParser(
+        prog=f"guardline {name}", description=COMMANDS[name][1]
+    )
     module.register(command_parser)
     args = command_parser.parse_args(args_list[1:])
     result: int = module.run(args)

@@ -46,11 +46,15 @@ def make_config(double_url: str, **overrides: Any) -> GatewayConfig:
 
 @pytest.fixture
 def start_gateway() -> Iterator[Callable[[GatewayConfig], str]]:
-    """Start a gateway for a config; returns its base URL. All are stopped after the test."""
+    """Start a gateway for a config; returns its base URL. All are stopped after the test.
+
+    These are the gateway core's tests: the bare passthrough, without moderation (the
+    moderated gateway is tested end to end in tests/moderation/).
+    """
     with ExitStack() as stack:
 
         def start(config: GatewayConfig) -> str:
-            return stack.enter_context(run_server(create_app(config)))
+            return stack.enter_context(run_server(create_app(config, moderation=False)))
 
         yield start
 

@@ -1,0 +1,103 @@
+"""Put moderation into a gateway state: engine, policies, image fetcher, pipeline, probes.
+
+Called from the app's lifespan, on the serving event loop. Everything built here is closed
+through `state.closers`; the policy watcher runs as a task for the app's life.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from guard_engine.backends.embedded import EmbeddedBackend
+from guard_engine.engine import GuardEngine
+from guard_engine.image_fetch import ImageFetcher
+from guard_engine.policy.compiled import CompiledPolicy
+from guard_engine.policy.store import PolicyStore
+from proxy.config_schema import GatewayConfig
+from proxy.guards import FALLBACK_GUARD, build_engine
+from proxy.moderation.pipeline import Finished, ModerationPipeline
+from proxy.state import GatewayState
+
+log = logging.getLogger("guardline.moderation")
+
+
+def referenced_guards(config: GatewayConfig, store: PolicyStore) -> set[str]:
+    """Guards some request may need now: the default, and any a loaded policy names."""
+    names = {config.default_guard}
+    names.update(p.guard for p in store.policies().values() if p.guard)
+    if any(p.on_guard_error == "fallback" for p in store.policies().values()):
+        names.add(FALLBACK_GUARD)
+    return names
+
+
+async def install_moderation(
+    state: GatewayState,
+    config: GatewayConfig,
+    *,
+    engine: GuardEngine | None = None,
+    on_finished: Finished | None = None,
+    watch_policies: bool = True,
+) -> ModerationPipeline:
+    engine = engine or build_engine(config)
+    store = PolicyStore(
+        [route.policy for route in config.routes],
+        known_guards=[g for g in engine.guards if g != FALLBACK_GUARD],
+        on_reload=_log_reload,
+    )
+    fetcher = ImageFetcher()
+    pipeline = ModerationPipeline(
+        engine=engine, policies=store, fetcher=fetcher, on_finished=on_finished
+    )
+    state.chat_service = pipeline
+    state.moderation = pipeline
+
+    # Load the embedded model before the first request, not during it.
+    for name in referenced_guards(config, store):
+        backend = engine.guards.get(name)
+        if isinstance(backend, EmbeddedBackend):
+            await backend.warm()
+
+    watcher = asyncio.ensure_future(store.watch()) if watch_policies else None
+
+    async def guards_ready() -> tuple[bool, dict[str, Any]]:
+        needed = referenced_guards(config, store)
+        detail: dict[str, Any] = {}
+        ok = True
+        for name, backend in engine.guards.items():
+            if name == FALLBACK_GUARD:
+                continue
+            if name not in needed:
+                detail[name] = {"ok": None, "detail": "not used by any policy"}
+                continue
+            health = await backend.health()
+            detail[name] = {"ok": health.ok, "detail": health.detail}
+            ok = ok and health.ok
+        return ok, {"guards": detail}
+
+    async def policies_ready() -> tuple[bool, dict[str, Any]]:
+        # An invalid edit keeps the last good version serving: reported, still ready.
+        serving = {path: p.ref for path, p in store.policies().items()}
+        return True, {"policies": {"serving": serving, "rejected_edits": store.errors()}}
+
+    async def close() -> None:
+        store.close()
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watcher
+        await fetcher.aclose()
+        await engine.aclose()
+
+    state.readiness.extend([guards_ready, policies_ready])
+    state.closers.append(close)
+    return pipeline
+
+
+def _log_reload(path: str, policy: CompiledPolicy | None, error: str | None) -> None:
+    if policy is not None:
+        log.info("policy reloaded: %s -> %s", path, policy.ref)
+    else:
+        log.error("policy edit rejected, last good version keeps serving: %s", error)
