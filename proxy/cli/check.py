@@ -111,7 +111,9 @@ def _render_text(verdict: Verdict) -> str:
         lines.append(f"categories {', '.join(verdict.categories)}")
     if verdict.score is not None:
         lines.append(f"score     {verdict.score:.4f}")
-    lines.append(f"policy    {verdict.policy}   guard {verdict.guard} ({verdict.model}), mode {verdict.mode}")
+    lines.append(
+        f"policy    {verdict.policy}   guard {verdict.guard} ({verdict.model}), mode {verdict.mode}"
+    )
     lines.append(f"latency   {verdict.latency_ms:.1f} ms")
     if verdict.think:
         lines.append("think     " + verdict.think.strip().replace("\n", "\n          "))

@@ -69,5 +69,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         from proxy.app import create_app
 
-        uvicorn.run(create_app(config), **options)
+        uvicorn.run(create_app(config, moderation=True), **options)
     return 0

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
 # Called once per request when moderation is complete (for a stream: when it ended).
 Finished = Callable[[ChatCall, Decisions, RequestTiming, StreamOutcome | None], None]
+# Called for every shadow decision: (call, enforced policy, shadow policy, enforced, shadow).
+ShadowHook = Callable[[ChatCall, CompiledPolicy, CompiledPolicy, StageResult, StageResult], None]
 
 
 class ModerationPipeline:
@@ -61,6 +63,7 @@ class ModerationPipeline:
         forward: ChatService = forward_chat,
         tracer: Tracer | None = None,
         on_finished: Finished | None = None,
+        on_shadow: ShadowHook | None = None,
     ) -> None:
         self.engine = engine
         self.policies = policies
@@ -68,6 +71,10 @@ class ModerationPipeline:
         self._forward = forward
         self._tracer = tracer or NoOpTracer()
         self._on_finished = on_finished
+        self._on_shadow = on_shadow
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+        # (policy ref, shadow ref, stage) -> [decisions compared, disagreements]
+        self.shadow_counts: dict[tuple[str, str, str], list[int]] = {}
 
     async def __call__(self, state: GatewayState, call: ChatCall) -> UpstreamReply:
         timing = RequestTiming()
@@ -101,6 +108,7 @@ class ModerationPipeline:
         try:
             if check_input:
                 decisions.input = await self._judge("input", guard_request, policy, timing)
+                self._shadow(call, policy, guard_request, decisions.input)
             else:
                 decisions.input = skipped("input")
             if prepared.unchecked and decisions.input.status == "safe":
@@ -215,6 +223,7 @@ class ModerationPipeline:
             return self._done(call, decisions, timing, reply)
         request = replace(prompt, response=text)
         decisions.output = await self._judge("output", request, policy, timing)
+        self._shadow(call, policy, request, decisions.output)
         if decisions.output.flagged:
             reply.body = redact_completion(data, policy.on_block.refusal)
         return self._done(call, decisions, timing, reply)
@@ -256,6 +265,44 @@ class ModerationPipeline:
             await outcome.settled()
             decisions.output = _stream_result(outcome)
             self._finished(call, decisions, timing, outcome)
+
+    def _shadow(
+        self, call: ChatCall, policy: CompiledPolicy, request: GuardRequest, enforced: StageResult
+    ) -> None:
+        """Judge the same content under the policy's shadow, in the background (monitor only)."""
+        if policy.shadow is None:
+            return
+        try:
+            shadow = self.policies.get(policy.shadow)
+        except KeyError:
+            return
+        task = asyncio.ensure_future(self._compare(call, policy, shadow, request, enforced))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _compare(
+        self,
+        call: ChatCall,
+        policy: CompiledPolicy,
+        shadow: CompiledPolicy,
+        request: GuardRequest,
+        enforced: StageResult,
+    ) -> None:
+        try:
+            result = await judge(self.engine, request, replace(shadow, on_guard_error="open"))
+        except GatewayError:
+            return
+        counts = self.shadow_counts.setdefault((policy.ref, shadow.ref, enforced.stage), [0, 0])
+        counts[0] += 1
+        if result.verdict is not None and result.flagged != enforced.flagged:
+            counts[1] += 1
+        if self._on_shadow is not None:
+            self._on_shadow(call, policy, shadow, enforced, result)
+
+    async def drain_shadows(self) -> None:
+        """Wait for the shadow checks in flight (tests, shutdown)."""
+        if self._shadow_tasks:
+            await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
 
     def _finished(
         self,
