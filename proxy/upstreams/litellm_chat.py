@@ -31,15 +31,29 @@ _DONE = b"data: [DONE]\n\n"
 class LiteLLMChat:
     """A LiteLLMUpstream behind the ChatUpstream protocol."""
 
-    def __init__(self, upstream: LiteLLMUpstream) -> None:
-        self.name: str = getattr(upstream, "name", "")
+    def __init__(self, upstream: LiteLLMUpstream, *, byok: bool) -> None:
+        self.name: str = upstream.name
         self._upstream = upstream
+        # As for openai upstreams: the client's own key is used only on an open gateway,
+        # never a tenant's gateway key.
+        self._byok = byok
+
+    def _client_key(self, client_headers: RawHeaders) -> str | None:
+        if not self._byok:
+            return None
+        for name, value in client_headers:
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").strip().partition(" ")
+                if scheme.lower() == "bearer" and token.strip():
+                    return token.strip()
+        return None
 
     async def chat(self, body: ChatBody, client_headers: RawHeaders) -> UpstreamReply:
+        api_key = self._client_key(client_headers)
         if not body.stream:
-            result = await self._upstream.complete(body.data)
+            result = await self._upstream.complete(body.data, api_key=api_key)
             return UpstreamReply(200, list(_JSON), body=orjson.dumps(result))
-        chunks = aiter(self._upstream.stream(body.data))
+        chunks = aiter(self._upstream.stream(body.data, api_key=api_key))
         # The first chunk is awaited here so that a provider error at the start (bad key,
         # unknown model) is an HTTP error status, not an error event in a 200 stream.
         try:

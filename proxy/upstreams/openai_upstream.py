@@ -155,11 +155,15 @@ class OpenAIUpstream:
                 closer=response.aclose,
             )
         try:
-            data = b"".join([chunk async for chunk in response.aiter_raw()])
+            # Decoded bytes (identity was asked for, so normally exactly the bytes sent); a
+            # content-encoding the upstream applied anyway has been undone, so it is dropped.
+            data = await response.aread()
         except httpx.HTTPError as exc:
             raise translate(exc, self.name) from None
         finally:
             await response.aclose()
+        if "content-encoding" in response.headers:
+            headers = [(k, v) for k, v in headers if k != b"content-encoding"]
         return UpstreamReply(response.status_code, headers, body=data)
 
     async def _relay(self, response: httpx.Response, *, aligned: bool) -> AsyncIterator[bytes]:
