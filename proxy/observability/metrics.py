@@ -7,10 +7,13 @@ Every method takes explicit arguments so that the request path calls one cheap m
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 BreakerState = Literal["closed", "half-open", "open"]
 BREAKER_VALUES: Final[dict[str, int]] = {"closed": 0, "half-open": 1, "open": 2}
@@ -24,6 +27,23 @@ OVERHEAD_BUCKETS: Final = (
 HOLDBACK_BUCKETS: Final = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+class _Children:
+    """Labelled children by label values: `metric.labels()` validates and locks on every call;
+    a dict hit does not. The label sets are as bounded as the metric's own children."""
+
+    __slots__ = ("_cache",)
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
+
+    def get(self, metric: M, *values: str) -> M:
+        key = (id(metric), values)
+        child = self._cache.get(key)
+        if child is None:
+            child = self._cache[key] = metric.labels(*values)
+        return child  # type: ignore[return-value]
+
+
 class GatewayMetrics:
     """All guardline metrics, named `guardline_*`, in `self.registry`."""
 
@@ -31,6 +51,7 @@ class GatewayMetrics:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         p = prefix
+        self._children = _Children()
         self.requests = Counter(
             f"{p}_requests", "Requests by route and HTTP status", ["route", "status"], registry=r
         )
@@ -113,30 +134,30 @@ class GatewayMetrics:
     # --- request path -------------------------------------------------------------------------
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, str(status)).inc()
-        self.request_seconds.labels(route).observe(seconds)
+        self._children.get(self.requests, route, str(status)).inc()
+        self._children.get(self.request_seconds, route).observe(seconds)
 
     def observe_overhead(self, seconds: float) -> None:
         self.overhead_seconds.observe(seconds)
 
     def observe_guard(self, guard: str, stage: str, seconds: float) -> None:
-        self.guard_seconds.labels(guard, stage).observe(seconds)
+        self._children.get(self.guard_seconds, guard, stage).observe(seconds)
 
     def observe_verdict(
         self, policy: str, stage: str, verdict: str, categories: Sequence[str] = ()
     ) -> None:
         """One decision. `policy` is the policy name (not name@hash: a reload must not reset it)."""
         if not categories:
-            self.verdicts.labels(policy, stage, verdict, "none").inc()
+            self._children.get(self.verdicts, policy, stage, verdict, "none").inc()
             return
         for category in categories:
-            self.verdicts.labels(policy, stage, verdict, category).inc()
+            self._children.get(self.verdicts, policy, stage, verdict, category).inc()
 
     def observe_degraded(self, policy: str, stage: str, reason: str) -> None:
-        self.degraded.labels(policy, stage, reason).inc()
+        self._children.get(self.degraded, policy, stage, reason).inc()
 
     def observe_cache(self, guard: str, hit: bool) -> None:
-        (self.cache_hits if hit else self.cache_misses).labels(guard).inc()
+        self._children.get(self.cache_hits if hit else self.cache_misses, guard).inc()
 
     def observe_holdback_checks(self, checks: int) -> None:
         self.holdback_checks.observe(checks)
@@ -144,7 +165,7 @@ class GatewayMetrics:
     # --- background components ----------------------------------------------------------------
 
     def set_breaker_state(self, guard: str, state: BreakerState) -> None:
-        self.breaker_state.labels(guard).set(BREAKER_VALUES[state])
+        self._children.get(self.breaker_state, guard).set(BREAKER_VALUES[state])
 
     def audit_records_dropped(self, count: int = 1) -> None:
         self.audit_dropped.inc(count)
@@ -153,12 +174,12 @@ class GatewayMetrics:
         self.audit_written.inc(count)
 
     def observe_think(self, policy: str, result: str) -> None:
-        self.think_checks.labels(policy, result).inc()
+        self._children.get(self.think_checks, policy, result).inc()
         if result == "disagree":
-            self.think_disagreements.labels(policy).inc()
+            self._children.get(self.think_disagreements, policy).inc()
 
     def observe_policy_reload(self, result: Literal["ok", "error"]) -> None:
-        self.policy_reload.labels(result).inc()
+        self._children.get(self.policy_reload, result).inc()
 
     # --- exposition ---------------------------------------------------------------------------
 
