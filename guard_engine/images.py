@@ -143,6 +143,21 @@ def normalize_image(
         ) from None
 
 
+def _b64decode(payload: str, p: str, param: str) -> bytes:
+    try:
+        return base64.b64decode(payload, validate=True)  # the common, well-formed case
+    except (binascii.Error, ValueError):
+        pass
+    # Tolerated on a second pass only, to keep the big common case to one copy: line breaks
+    # (MIME-style wrapping) and dropped padding, both seen from real clients.
+    compact = "".join(payload.split())
+    compact += "=" * (-len(compact) % 4)
+    try:
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageError(f"{p}data: URL is not valid base64", param=param) from None
+
+
 def parse_data_url(url: str, *, param: str, max_bytes: int = 20 * 1024 * 1024) -> bytes:
     """The bytes of a `data:image/...;base64,...` URL (RFC 2397); ImageError if it is not one."""
     p = _prefix(param)
@@ -160,12 +175,7 @@ def parse_data_url(url: str, *, param: str, max_bytes: int = 20 * 1024 * 1024) -
         # Cheap size check on the text before decoding anything.
         if len(payload) // 4 * 3 > max_bytes + 3:
             raise ImageError(f"{p}image is larger than {max_bytes} bytes", param=param)
-        compact = "".join(payload.split())
-        compact += "=" * (-len(compact) % 4)  # some clients drop the padding
-        try:
-            data = base64.b64decode(compact, validate=True)
-        except (binascii.Error, ValueError):
-            raise ImageError(f"{p}data: URL is not valid base64", param=param) from None
+        data = _b64decode(payload, p, param)
     else:
         data = urllib.parse.unquote_to_bytes(payload)
     if len(data) > max_bytes:
