@@ -6,6 +6,7 @@ import base64
 import hashlib
 import io
 import struct
+import warnings
 import zlib
 
 import httpx
@@ -167,6 +168,16 @@ def test_more_pixels_than_allowed_is_refused_before_decoding() -> None:
     small = encode(Image.new("RGB", (100, 100)), "PNG")
     with pytest.raises(ImageError, match="decompression bomb"):
         normalize_image(small, param=PARAM, max_pixels=5000)
+
+
+def test_pillows_own_bomb_threshold_is_a_refusal_too() -> None:
+    # 10000 x 10000 = 100 MP: pillow only warns (DecompressionBombWarning) between 89 and
+    # 179 MP; a caller raising max_pixels above that still gets a refusal, not a decode.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with pytest.raises(ImageError, match="decompression bomb") as err:
+            normalize_image(png_header_only(10_000, 10_000), param=PARAM, max_pixels=10**9)
+    assert err.value.param == PARAM
 
 
 @pytest.mark.parametrize("fmt", ["BMP", "TIFF", "ICO"])
