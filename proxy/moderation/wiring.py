@@ -13,6 +13,7 @@ from typing import Any
 
 from guard_engine.backends.embedded import EmbeddedBackend
 from guard_engine.engine import GuardEngine
+from guard_engine.errors import GuardError
 from guard_engine.image_fetch import ImageFetcher
 from guard_engine.policy.compiled import CompiledPolicy
 from guard_engine.policy.store import PolicyStore
@@ -54,11 +55,15 @@ async def install_moderation(
     state.chat_service = pipeline
     state.moderation = pipeline
 
-    # Load the embedded model before the first request, not during it.
+    # Load the embedded model before the first request, not during it. A model that cannot
+    # load is reported by /readyz (and each check fails per on_guard_error), not a crash.
     for name in referenced_guards(config, store):
         backend = engine.guards.get(name)
         if isinstance(backend, EmbeddedBackend):
-            await backend.warm()
+            try:
+                await backend.warm()
+            except GuardError as exc:
+                log.error("embedded guard %s cannot load: %s", name, exc)
 
     watcher = asyncio.ensure_future(store.watch()) if watch_policies else None
 
@@ -82,6 +87,13 @@ async def install_moderation(
         serving = {path: p.ref for path, p in store.policies().items()}
         return True, {"policies": {"serving": serving, "rejected_edits": store.errors()}}
 
+    async def shadow_report() -> tuple[bool, dict[str, Any]]:
+        counts = {
+            f"{ref}->{shadow}:{stage}": {"compared": n, "disagreements": d}
+            for (ref, shadow, stage), (n, d) in pipeline.shadow_counts.items()
+        }
+        return True, {"shadow": counts}
+
     async def close() -> None:
         store.close()
         if watcher is not None:
@@ -91,7 +103,7 @@ async def install_moderation(
         await fetcher.aclose()
         await engine.aclose()
 
-    state.readiness.extend([guards_ready, policies_ready])
+    state.readiness.extend([guards_ready, policies_ready, shadow_report])
     state.closers.append(close)
     return pipeline
 

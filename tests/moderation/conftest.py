@@ -39,9 +39,7 @@ def guard_server() -> Iterator[tuple[str, SGLangDouble]]:
 @pytest.fixture
 def guard(guard_server: tuple[str, SGLangDouble]) -> SGLangDouble:
     rec = guard_server[1]
-    rec.configure(
-        unsafe_words=UNSAFE_WORDS, status=None, delay_ms=0, garbage=None, fail_first=[]
-    )
+    rec.configure(unsafe_words=UNSAFE_WORDS, status=None, delay_ms=0, garbage=None, fail_first=[])
     rec.clear()
     return rec
 
@@ -52,9 +50,7 @@ Policy = dict[str, Any]
 class Gateway:
     """Writes policies and a config into a folder, starts the real gateway on it."""
 
-    def __init__(
-        self, tmp: Path, stack: ExitStack, upstream_url: str, guard_url: str
-    ) -> None:
+    def __init__(self, tmp: Path, stack: ExitStack, upstream_url: str, guard_url: str) -> None:
         self.tmp = tmp
         self.stack = stack
         self.upstream_url = upstream_url
