@@ -6,6 +6,10 @@ conversation ending on the user message, an output check the conversation ending
 assistant's response. Its answer is `safe`, or `unsafe` and a line of S-codes (`S1,S2`),
 which are mapped to the category names of section 3.
 
+Serving: vLLM accepts a conversation ending on an assistant turn; SGLang rejects one (see
+guard-models.md 1.2), so output checks with this adapter need vLLM (or NIM) until SGLang
+changes. Input checks work on both.
+
 Llama Guard has no modes: it always names categories and has no THINK trace, so `mode` is
 accepted for the interface and otherwise ignored. On an output check it does not re-judge
 the prompt (the input check did), so `prompt_label` is reported as "safe" there and only

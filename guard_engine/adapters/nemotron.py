@@ -153,6 +153,10 @@ def _render_turn(turn: Turn) -> str:
 # ---------------------------------------------------------------------------------------------
 
 _LINE = re.compile(r"^\s*(user safety|response safety|safety categories)\s*:\s*(.*?)\s*$", re.I)
+# Another short "Field: value" line (e.g. a "Response Refusal:" line, which the reconstructed
+# template of section 1.5 hints at) is tolerated and ignored: the verdict lines are still
+# explicit. Prose without a field name is not: it means the model did not answer the format.
+_OTHER_FIELD = re.compile(r"^\s*[A-Za-z][A-Za-z /-]{0,40}:\s*\S")
 _LABEL = re.compile(r"^(safe|unsafe)\.?$", re.I)
 
 
@@ -190,6 +194,8 @@ def parse_verdict(text: str, *, has_response: bool) -> ParsedVerdict:
             continue
         m = _LINE.match(line)
         if m is None:
+            if _OTHER_FIELD.match(line):
+                continue
             raise GuardUnparseable(f"unexpected line in guard answer: {line.strip()!r}", raw=text)
         key = m.group(1).lower()
         if key in fields:

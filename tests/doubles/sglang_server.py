@@ -38,8 +38,9 @@ Behaviour knobs (keyword arguments of `start_sglang_double`, changeable later wi
 - `model`: the model id reported (default "nvidia/Nemotron-3.5-Content-Safety").
 
 The recorder (`SGLangDouble`) exposes `requests` (JSON bodies of chat requests, in order),
-`headers` (their lowercase headers), `configure()`, `clear()` and `kill()` (stop serving at
-once: the port is closed afterwards, so calls fail to connect).
+`headers` (their lowercase headers), `configure(**knobs)`, `reset(**knobs)` (defaults plus
+knobs, records cleared), `clear()` and `kill()` (stop serving at once: the port is closed
+afterwards, so calls fail to connect).
 """
 
 from __future__ import annotations
@@ -180,6 +181,14 @@ class SGLangDouble:
             self.behaviour = _behaviour(self.behaviour, knobs)
             if "fail_first" in knobs:
                 self._pending_failures = list(self.behaviour.fail_first)
+
+    def reset(self, **knobs: Any) -> None:
+        """Back to the default behaviour plus `knobs`, and forget recorded requests: one call
+        per test when a module shares one double."""
+        with self._lock:
+            self.behaviour = _behaviour(Behaviour(), knobs)
+            self._pending_failures = list(self.behaviour.fail_first)
+        self.clear()
 
     def clear(self) -> None:
         with self._lock:

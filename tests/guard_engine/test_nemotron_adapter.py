@@ -220,6 +220,12 @@ def test_parse_rejects_anything_without_a_verdict(text: str) -> None:
     assert info.value.raw == text
 
 
+def test_parse_ignores_other_field_lines() -> None:
+    text = "User Safety: safe\nResponse Safety: unsafe\nResponse Refusal: no\n"
+    v = ADAPTER.parse(text, has_response=True)
+    assert (v.prompt_label, v.response_label) == ("safe", "unsafe")
+
+
 def test_parse_requires_response_safety_for_output_checks() -> None:
     with pytest.raises(GuardUnparseable, match="Response Safety"):
         ADAPTER.parse("User Safety: safe", has_response=True)

@@ -34,21 +34,7 @@ def served() -> Iterator[tuple[str, SGLangDouble]]:
 @pytest.fixture
 def double(served: tuple[str, SGLangDouble]) -> SGLangDouble:
     _url, rec = served
-    rec.configure(
-        unsafe_words=WORDS,
-        image_category=None,
-        think=None,
-        think_newline=True,
-        truncate_think=False,
-        delay_ms=0.0,
-        fail_first=(),
-        retry_after=None,
-        status=None,
-        garbage=None,
-        non_json=False,
-        healthy=True,
-    )
-    rec.clear()
+    rec.reset(unsafe_words=WORDS)
     return rec
 
 
