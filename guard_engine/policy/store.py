@@ -1,9 +1,11 @@
 """PolicyStore: the set of compiled policies a server uses, hot-reloaded from their files.
 
 Readers call `get(path)` on every request: it reads one attribute (an immutable dict that is
-replaced, never mutated), so it needs no lock. Writers (the watcher, `reload_now`) run on the
-event loop, build a new dict and swap it in. An edit that does not validate leaves the last
-good version serving, is recorded in `errors()` (for /readyz) and reported to `on_reload`.
+replaced, never mutated), so it needs no lock. Writers (the watcher and `reload`) parse in a
+worker thread, because PyYAML takes tens of milliseconds, then build a new dict and swap it in
+on the event loop; `reload_now` is the same step run synchronously (tests, tools). An edit
+that does not validate leaves the last good version serving, is recorded in `errors()` (for
+/readyz) and reported to `on_reload`.
 
 The watcher compares file contents instead of trusting event paths: editors save through
 temporary files and renames, and Kubernetes ConfigMaps swap a `..data` symlink, so an event
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -26,6 +29,8 @@ import watchfiles
 from guard_engine.errors import ConfigFileError
 from guard_engine.policy.compile import load_policy
 from guard_engine.policy.compiled import CompiledPolicy
+
+_log = logging.getLogger(__name__)
 
 # (path, the new policy or None when rejected, the error message or None when accepted)
 ReloadHook = Callable[[str, CompiledPolicy | None, str | None], None]
@@ -71,14 +76,19 @@ class PolicyStore:
         known_guards: Collection[str] | None = None,
         on_reload: ReloadHook | None = None,
         rust_timeout_ms: int = 1000,
+        force_polling: bool = False,
     ) -> None:
         """Load every file and its shadows; raises ConfigFileError on the first invalid one.
 
         A server must not start on a broken policy, so only later edits are tolerated.
+        `force_polling` is for filesystems that send no change events (NFS, some container
+        bind mounts); `rust_timeout_ms` bounds how long the watcher waits before checking
+        for `close()` and, in polling mode, sets the poll interval.
         """
         self._known_guards = known_guards
         self._on_reload = on_reload
         self._rust_timeout_ms = rust_timeout_ms
+        self._force_polling = force_polling
         self._policies: Mapping[str, CompiledPolicy] = MappingProxyType({})
         self._errors: Mapping[str, str] = MappingProxyType({})
         self._digests: dict[str, str | None] = {}
@@ -204,9 +214,17 @@ class PolicyStore:
                 changed.append(key)
         return changed
 
-    async def _handle(self, changes: set[tuple[watchfiles.Change, str]], dirs: set[str]) -> None:
-        touched = {os.path.dirname(p) for _, p in changes}
-        for key in await asyncio.to_thread(self._changed_in, touched & dirs):
+    async def _handle(
+        self,
+        changes: set[tuple[watchfiles.Change, str]],
+        dirs: set[str],
+        *,
+        everything: bool = False,
+    ) -> None:
+        touched = dirs if everything else {os.path.dirname(p) for _, p in changes} & dirs
+        if not touched:
+            return
+        for key in await asyncio.to_thread(self._changed_in, touched):
             await self.reload(key)
 
     def _watched_dirs(self) -> set[str]:
@@ -215,25 +233,47 @@ class PolicyStore:
     async def watch(self) -> None:
         """Reload files as they change, until `close()`. Run it as a task for the app's life.
 
-        Restarts its watcher when a reload adds a shadow in a directory not yet watched.
+        Restarts its watcher when a reload adds a shadow in a directory not yet watched, and
+        falls back to polling when the OS refuses a watch (e.g. the inotify limit is reached).
         """
+        polling = self._force_polling
         while not self._stop.is_set():
             dirs = self._watched_dirs()
             if not dirs:
                 return
-            async for changes in watchfiles.awatch(
-                *sorted(dirs),
-                watch_filter=None,
-                stop_event=self._stop,
-                recursive=False,
-                rust_timeout=self._rust_timeout_ms,
-                yield_on_timeout=True,
-            ):
-                # The first yield (changes or timeout) proves the OS watch is installed.
-                self._watching.set()
+            try:
+                await self._watch_dirs(dirs, polling=polling)
+            except Exception as exc:  # watchfiles raises OSError or RuntimeError subclasses
+                if polling:
+                    raise
+                _log.warning("policy watcher failed (%s); polling the files instead", exc)
+                polling = True
+
+    async def _watch_dirs(self, dirs: set[str], *, polling: bool) -> None:
+        first = True
+        async for changes in watchfiles.awatch(
+            *sorted(dirs),
+            watch_filter=None,
+            stop_event=self._stop,
+            recursive=False,
+            rust_timeout=self._rust_timeout_ms,
+            yield_on_timeout=True,
+            force_polling=polling,
+            poll_delay_ms=self._rust_timeout_ms,
+        ):
+            if first or polling:
+                # First yield: the watch is installed now, so compare every file once and an
+                # edit made between loading and this point is not missed. Polling: the poll
+                # watcher compares modification times, which miss quick successive edits on
+                # coarse-timestamp filesystems, so compare contents on every tick instead.
+                await self._handle(set(), dirs, everything=True)
+                if first:
+                    first = False
+                    self._watching.set()
+            else:
                 await self._handle(changes, dirs)
-                if self._watched_dirs() != dirs:
-                    break
+            if self._watched_dirs() != dirs:
+                return
 
     async def wait_watching(self) -> None:
         """Return once `watch()` has its OS watches in place (edits after this are seen)."""

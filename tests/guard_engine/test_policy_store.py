@@ -216,3 +216,33 @@ async def test_watcher_follows_a_kubernetes_configmap_symlink_swap(tmp_path: Pat
     finally:
         store.close()
         await asyncio.wait_for(task, timeout=30)
+
+
+async def test_edit_between_load_and_watch_start_is_not_missed(files: tuple[Path, Path]) -> None:
+    main, _ = files
+    queue: asyncio.Queue[Event] = asyncio.Queue()
+    store = PolicyStore([main], on_reload=lambda *e: queue.put_nowait(e), rust_timeout_ms=100)
+    main.write_text(policy_text("main", mode="binary"))  # before any OS watch exists
+    task = asyncio.create_task(store.watch())
+    try:
+        path, policy, _ = await asyncio.wait_for(queue.get(), timeout=30)
+        assert path == str(main) and policy is not None and policy.mode == "binary"
+    finally:
+        store.close()
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def test_polling_mode_for_filesystems_without_events(files: tuple[Path, Path]) -> None:
+    main, _ = files
+    queue: asyncio.Queue[Event] = asyncio.Queue()
+    store = PolicyStore(
+        [main], on_reload=lambda *e: queue.put_nowait(e), rust_timeout_ms=100, force_polling=True
+    )
+    task = asyncio.create_task(store.watch())
+    try:
+        await asyncio.wait_for(store.wait_watching(), timeout=30)
+        path, policy, _ = await _next_event(queue, main, policy_text("main", mode="think"))
+        assert path == str(main) and policy is not None and policy.mode == "think"
+    finally:
+        store.close()
+        await asyncio.wait_for(task, timeout=30)
