@@ -13,7 +13,15 @@ import difflib
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from guard_engine.taxonomy import DEFAULT_CATEGORIES
@@ -119,6 +127,13 @@ class AddedCategory(Strict):
 class CategoriesSpec(Strict):
     suppress: list[KnownCategory] = Field(default_factory=list)
     add: list[AddedCategory] = Field(default_factory=list)
+
+    @field_validator("suppress")
+    @classmethod
+    def _canonical_order(cls, names: list[str]) -> list[str]:
+        # Order and repetition carry no meaning: keep the taxonomy's order, so that
+        # reordering the list does not change the policy's hash.
+        return [c for c in DEFAULT_CATEGORIES if c in names]
 
     @model_validator(mode="after")
     def _consistent(self) -> CategoriesSpec:

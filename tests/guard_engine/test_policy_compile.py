@@ -156,6 +156,14 @@ def test_hash_ignores_comments_order_quoting_and_spelled_out_defaults(tmp_path: 
     assert a.hash8 == b.hash8
 
 
+def test_hash_ignores_the_order_of_suppressed_categories(tmp_path: Path) -> None:
+    a = load_policy(write(tmp_path, MINIMAL + "categories: {suppress: [Profanity, Violence]}\n"))
+    b = load_policy(
+        write(tmp_path, MINIMAL + "categories: {suppress: [Violence, Profanity, Violence]}\n")
+    )
+    assert a.hash8 == b.hash8 and a.suppressed == b.suppressed == ("Violence", "Profanity")
+
+
 @pytest.mark.parametrize(
     "change",
     [
