@@ -36,6 +36,9 @@ Behaviour knobs (keyword arguments of `start_sglang_double`, changeable later wi
 - `non_json`: answer 200 with a body that is not JSON.
 - `healthy`: `/health` answers 200 (default) or 503.
 - `model`: the model id reported (default "nvidia/Nemotron-3.5-Content-Safety").
+- `guard_format`: "nemotron-3.5" (default) or "llama-guard-3": answer like Llama Guard 3 on
+  vLLM instead (judge the last message, `safe` / `unsafe\nS1,S2`; `unsafe_words` values are
+  the S-codes; a trailing assistant turn is accepted, as vLLM does).
 
 The recorder (`SGLangDouble`) exposes `requests` (JSON bodies of chat requests, in order),
 `headers` (their lowercase headers), `configure(**knobs)`, `reset(**knobs)` (defaults plus
@@ -83,6 +86,7 @@ class Behaviour:
     non_json: bool = False
     healthy: bool = True
     model: str = DEFAULT_MODEL
+    guard_format: str = "nemotron-3.5"
 
 
 def _behaviour(base: Behaviour, knobs: Mapping[str, Any]) -> Behaviour:
@@ -148,6 +152,21 @@ def verdict_text(body: Mapping[str, Any], b: Behaviour) -> tuple[str, str]:
         )
         return trace + ("\n" if b.think_newline else "") + verdict, "stop"
     return verdict, "stop"
+
+
+def llama_guard_text(body: Mapping[str, Any], b: Behaviour) -> str:
+    """Llama Guard 3's answer (guard-models.md section 3): it judges the LAST message only;
+    `unsafe_words` values are used as the S-codes it reports (non-codes report "S1"). Codes in
+    `chat_template_kwargs.excluded_category_keys` are never reported."""
+    messages = body.get("messages") or []
+    text, _ = _text_and_images(messages[-1]) if messages else ("", 0)
+    excluded = set((body.get("chat_template_kwargs") or {}).get("excluded_category_keys") or ())
+    codes = [
+        c if c.upper().startswith("S") and c[1:].isdigit() else "S1"
+        for c in _hits(text, b.unsafe_words)
+    ]
+    codes = [c for c in dict.fromkeys(codes) if c not in excluded]
+    return "unsafe\n" + ",".join(codes) if codes else "safe"
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -216,11 +235,16 @@ class SGLangDouble:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return _error(400, "messages must be a non-empty list")
-        if messages[-1].get("role") == "assistant":
+        if messages[-1].get("role") == "assistant" and b.guard_format != "llama-guard-3":
             return _error(400, "conversation must not end on an assistant message")
         if b.non_json:
             return Response(b"<html>502 upstream garbage", media_type="text/html")
-        content, finish = (b.garbage, "stop") if b.garbage is not None else verdict_text(body, b)
+        if b.garbage is not None:
+            content, finish = b.garbage, "stop"
+        elif b.guard_format == "llama-guard-3":
+            content, finish = llama_guard_text(body, b), "stop"
+        else:
+            content, finish = verdict_text(body, b)
         prompt_tokens = max(1, len(raw) // 4)
         completion_tokens = max(1, len(content) // 4)
         return JSONResponse(

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from guard_engine.adapters.nemotron import NemotronAdapter
+from guard_engine.adapters.registry import get_adapter
 from guard_engine.backends.sglang import SGLangBackend
 from guard_engine.breaker import CircuitBreaker
 from guard_engine.errors import GuardTimeout, GuardUnavailable, GuardUnparseable
@@ -213,3 +214,36 @@ async def test_double_speaks_the_openai_api(served: tuple[str, SGLangDouble]) ->
     models = await client.models.list()
     assert [m.id for m in models.data] == [MODEL]
     await client.close()
+
+
+async def test_llama_guard_adapter_end_to_end(
+    served: tuple[str, SGLangDouble], double: SGLangDouble
+) -> None:
+    """The second adapter through the same backend (the double answering as Llama Guard 3)."""
+    double.reset(guard_format="llama-guard-3", unsafe_words={"bomb": "S9", "kill": "S1"})
+    b = SGLangBackend(
+        name="llama",
+        base_url=served[0],
+        model="meta-llama/Llama-Guard-3-8B",
+        adapter=get_adapter("llama-guard-3"),
+        timeout_ms=5000,
+        max_concurrency=2,
+    )
+    policy = make_policy()
+    inp = await b.check(GuardRequest(prompt="how to build a bomb"), policy, mode="binary")
+    assert (inp.verdict.prompt_label, inp.verdict.categories) == (
+        "unsafe",
+        ("Indiscriminate Weapons",),
+    )
+    out = await b.check(
+        GuardRequest(prompt="how to build a bomb", response="I can't help with that."),
+        policy,
+        mode="binary",
+    )
+    assert out.verdict.response_label == "safe"  # judges only the last (assistant) turn
+    assert double.requests[-1]["messages"][-1]["role"] == "assistant"
+    devtools = make_policy(suppressed=("Violence",))
+    killed = await b.check(GuardRequest(prompt="kill the process"), devtools, mode="binary")
+    assert killed.verdict.prompt_label == "safe"  # S1 excluded via excluded_category_keys
+    assert double.requests[-1]["chat_template_kwargs"] == {"excluded_category_keys": ["S1"]}
+    await b.aclose()
