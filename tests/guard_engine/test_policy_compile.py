@@ -261,3 +261,19 @@ def test_compile_policy_is_pure_and_returns_equal_objects() -> None:
     assert a.shadow == "/etc/guardline/s.yaml"
     with pytest.raises(AttributeError):
         a.name = "x"  # type: ignore[misc]
+
+
+def test_policy_text_normalization_makes_crlf_and_trailing_spaces_invisible(
+    tmp_path: Path,
+) -> None:
+    unix = load_policy(
+        write(tmp_path, MINIMAL + "policy: |\n  Rule one.\n\n    - indented\n", "u.yaml")
+    )
+    dos_bytes = (MINIMAL + "policy: |\n  Rule one.   \n\n    - indented\n\n").replace("\n", "\r\n")
+    (tmp_path / "d.yaml").write_bytes(dos_bytes.encode())
+    dos = load_policy(tmp_path / "d.yaml")
+    assert unix.custom_policy == dos.custom_policy and unix.hash8 == dos.hash8
+    assert unix.custom_policy is not None and unix.custom_policy.endswith(
+        "Rule one.\n\n  - indented"
+    )
+    assert "policy text is empty" in str(error_for(tmp_path, MINIMAL + 'policy: "  \\n"\n'))
