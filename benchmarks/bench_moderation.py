@@ -1,0 +1,337 @@
+"""Benchmark: what moderation adds to a chat request's latency (issue 4 "Performance").
+
+Three processes besides this one: the SGLang guard double at a fixed latency (15 ms, 50 ms),
+the OpenAI upstream double (100 ms before it answers; streams of N chunks steered by the
+`x-double-*` request headers), and the gateway (`guardline serve --config <generated>`),
+whose routes each serve one scenario policy (path prefix = scenario name). The client here
+sends sequential requests (concurrency 1) on keep-alive connections, alternating between
+the upstream double directly and the same request through the gateway, so both see the
+same machine load. "added" = gateway percentile - direct percentile.
+
+Scenarios (targets from issue 4; G = the guard double's fixed latency):
+  serial      input check, then upstream; output off            added p50 <= G + 1 ms
+  parallel    input check beside the upstream call (G < 100 ms) added p50 <= 1 ms
+  hb-burst    stream, hold-back output check, input off; the    TTFT added p50 <= G + 2 ms
+              whole answer arrives at once (first window complete with the first token)
+  hb-paced    stream, 40 chunks 10 ms apart, holdback_chars 100 TTFT - (direct time the
+              (the first window completes ~150 ms after the     window was complete)
+              first token: hold-back cannot release before it)  p50 <= G + 2 ms
+  hb-both     hb-burst with the serial input check on           reported
+  full        input + output, non-streaming                     reported
+Prompts are unique per request (verdict cache cold); the `-warm` rows repeat one prompt, so
+after warm-up every guard verdict comes from the gateway's verdict cache.
+
+Run: .venv/bin/python benchmarks/bench_moderation.py [--requests 300] [--warmup 30]
+     [--guard-ms 15 50] [--write-docs] [--note "what else ran"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from moderation_client import Sample, Series, chat, chat_stream, server_timing
+from moderation_procs import ROOT, Child, gateway, guard_double, upstream_double
+
+UPSTREAM_DELAY_MS = 100
+PROMPT = (
+    "I'm planning a week-long hiking trip in the Alps in late September with two friends. "
+    "What gear should we bring and how should we plan daily distances?"
+)
+SHAPES: dict[str, dict[str, str]] = {
+    "json": {"x-double-delay-ms": str(UPSTREAM_DELAY_MS)},
+    "burst": {
+        "x-double-delay-ms": str(UPSTREAM_DELAY_MS),
+        "x-double-chunks": "20",
+        "x-double-chunk-delay-ms": "0",
+    },
+    "paced": {
+        "x-double-delay-ms": str(UPSTREAM_DELAY_MS),
+        "x-double-chunks": "40",
+        "x-double-chunk-delay-ms": "10",
+    },
+}
+OFF: dict[str, Any] = {"enabled": False}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    shape: str  # key of SHAPES
+    input: dict[str, Any]
+    output: dict[str, Any]
+    target: str
+    met: Callable[[Result, float], bool] | None = None
+    warm: bool = False
+
+    @property
+    def stream(self) -> bool:
+        return self.shape != "json"
+
+    @property
+    def window(self) -> int:
+        return int(self.output.get("holdback_chars", 400))
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    guard_ms: float
+    direct: Series = field(default_factory=Series)
+    gateway: Series = field(default_factory=Series)
+    paired: Series = field(default_factory=Series)  # per-request gateway - direct
+    after_window: Series = field(default_factory=Series)  # streams: gw TTFT - direct window
+    timing: dict[str, Series] = field(default_factory=dict)  # Server-Timing entries
+    verdicts: Counter[str] = field(default_factory=Counter)
+    gateway_cpu_ms: float = 0.0  # the gateway process's CPU time per measured request
+
+    def added(self, q: str) -> float:
+        return float(getattr(self.gateway, q) - getattr(self.direct, q))
+
+
+def _serial_met(r: Result, g: float) -> bool:
+    return r.added("p50") <= g + 1
+
+
+def _parallel_met(r: Result, g: float) -> bool:
+    return r.added("p50") <= 1
+
+
+def _ttft_met(r: Result, g: float) -> bool:
+    return r.added("p50") <= g + 2
+
+
+def _window_met(r: Result, g: float) -> bool:
+    return r.after_window.p50 <= g + 2
+
+
+HOLDBACK = {"enabled": True, "stream": "holdback", "holdback_chars": 400}
+SCENARIOS = [
+    Scenario("serial", "json", {"parallel": False}, OFF, "added p50 <= G+1", _serial_met),
+    Scenario("serial-warm", "json", {"parallel": False}, OFF, "cache-warm", warm=True),
+    Scenario("parallel", "json", {"parallel": True}, OFF, "added p50 <= 1", _parallel_met),
+    Scenario("hb-burst", "burst", OFF, HOLDBACK, "TTFT added p50 <= G+2", _ttft_met),
+    Scenario(
+        "hb-paced",
+        "paced",
+        OFF,
+        {**HOLDBACK, "holdback_chars": 100},
+        "TTFT - window p50 <= G+2",
+        _window_met,
+    ),
+    Scenario("hb-both", "burst", {"parallel": False}, HOLDBACK, "reported"),
+    Scenario("full", "json", {"parallel": False}, {"enabled": True}, "reported"),
+    Scenario("full-warm", "json", {"parallel": False}, {"enabled": True}, "cache-warm", warm=True),
+]
+
+
+def write_config(directory: Path, guard_url: str, upstream_url: str) -> Path:
+    routes = []
+    for s in SCENARIOS:
+        policy = {
+            "name": f"bench-{s.name}",
+            "description": f"moderation benchmark scenario {s.name}",
+            "mode": "categories",
+            "input": s.input if s.input is OFF else {"enabled": True, **s.input},
+            "output": s.output,
+            "on_guard_error": "closed",
+        }
+        path = directory / f"{s.name}.yaml"
+        path.write_text(yaml.safe_dump(policy, sort_keys=False))
+        route = {"name": s.name, "path_prefix": f"/{s.name}", "upstream": "up"}
+        routes.append({**route, "policy": str(path)})
+    config = {
+        "server": {"host": "127.0.0.1", "port": 8080},
+        "default_guard": "g",
+        "guards": {"g": {"type": "sglang", "base_url": guard_url, "timeout_ms": 3000}},
+        "upstreams": {"up": {"type": "openai", "base_url": f"{upstream_url}/v1"}},
+        "routes": routes,
+        "audit": {"enabled": False},
+    }
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _body(prompt: str, stream: bool) -> bytes:
+    messages = [
+        {"role": "system", "content": "You are a helpful travel assistant."},
+        {"role": "user", "content": prompt},
+    ]
+    return orjson.dumps({"model": "bench-model", "messages": messages, "stream": stream})
+
+
+def _one(
+    client: httpx.Client, url: str, s: Scenario, body: bytes, headers: dict[str, str]
+) -> Sample:
+    if s.stream:
+        return chat_stream(client, url, body, headers, s.window)
+    return chat(client, url, body, headers)
+
+
+def _metric(sample: Sample, stream: bool) -> float:
+    if not stream:
+        return sample.total_ms
+    assert sample.first_token_ms is not None
+    return sample.first_token_ms
+
+
+def run_scenario(
+    s: Scenario, guard_ms: float, upstream: Child, gateway_proc: Child, requests: int, warmup: int
+) -> Result:
+    result = Result(s, guard_ms)
+    run = uuid.uuid4().hex[:8]
+    headers = {**SHAPES[s.shape], "content-type": "application/json"}
+    direct_chat = f"{upstream.url}/v1/chat/completions"
+    gateway_chat = f"{gateway_proc.url}/{s.name}/v1/chat/completions"
+    cpu_start = 0.0
+    with httpx.Client(timeout=30) as direct, httpx.Client(timeout=30) as gw:
+        for i in range(warmup + requests):
+            if i == warmup:
+                cpu_start = gateway_proc.cpu_s()
+            prompt = PROMPT if s.warm else f"{PROMPT} (trip {run}-{i})"
+            body = _body(prompt, s.stream)
+            # Alternate who goes first, so neither side always follows the other's idle gap.
+            if i % 2:
+                g = _one(gw, gateway_chat, s, body, headers)
+                d = _one(direct, direct_chat, s, body, headers)
+            else:
+                d = _one(direct, direct_chat, s, body, headers)
+                g = _one(gw, gateway_chat, s, body, headers)
+            if g.status != 200 or d.status != 200:
+                raise RuntimeError(f"{s.name}: status direct {d.status}, gateway {g.status}")
+            if i < warmup:
+                continue
+            dv, gv = _metric(d, s.stream), _metric(g, s.stream)
+            result.direct.add(dv)
+            result.gateway.add(gv)
+            result.paired.add(gv - dv)
+            if s.stream and d.window_ms is not None:
+                result.after_window.add(gv - d.window_ms)
+            verdict = f"{g.headers.get('x-guardline-input')}/{g.headers.get('x-guardline-output')}"
+            result.verdicts[verdict] += 1
+            for name, dur in server_timing(g.headers.get("server-timing")).items():
+                result.timing.setdefault(name, Series()).add(dur)
+    result.gateway_cpu_ms = (gateway_proc.cpu_s() - cpu_start) * 1000 / max(1, requests)
+    return result
+
+
+def _f(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def table(results: list[Result]) -> str:
+    head = (
+        "| scenario | G ms | n | direct p50 | gateway p50 / p90 / p99 | added p50 / p90 / p99 "
+        "| paired Δ p50 | guard-in / guard-out / overhead p50 | gateway CPU ms/req "
+        "| target | met |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
+    )
+    lines = [head]
+    for r in results:
+        s = r.scenario
+        g = r.gateway
+        timing = " / ".join(
+            _f(r.timing[k].p50) if k in r.timing else "-"
+            for k in ("guard-input", "guard-output", "overhead")
+        )
+        met = "-" if s.met is None else ("yes" if s.met(r, r.guard_ms) else "**no**")
+        metric = "TTFT " if s.stream else ""
+        lines.append(
+            f"| {s.name} | {r.guard_ms:g} | {len(g.values)} | {metric}{_f(r.direct.p50)} "
+            f"| {_f(g.p50)} / {_f(g.p90)} / {_f(g.p99)} "
+            f"| {_f(r.added('p50'))} / {_f(r.added('p90'))} / {_f(r.added('p99'))} "
+            f"| {_f(r.paired.p50)} | {timing} | {r.gateway_cpu_ms:.2f} | {s.target} | {met} |"
+        )
+        if r.after_window.values:
+            w = r.after_window
+            lines.append(
+                f"| ↳ {s.name}: gateway TTFT - direct window | {r.guard_ms:g} | {len(w.values)} "
+                f"| | | {_f(w.p50)} / {_f(w.p90)} / {_f(w.p99)} | | | | | |"
+            )
+    return "\n".join(lines)
+
+
+def verdict_notes(results: list[Result]) -> str:
+    seen = sorted({f"{r.scenario.name}: {dict(r.verdicts)}" for r in results})
+    return "x-guardline-input/output headers seen: " + "; ".join(seen)
+
+
+BEGIN, END = "<!-- bench_moderation:begin -->", "<!-- bench_moderation:end -->"
+SECTION = "## Moderation pipeline (issue 4)"
+
+
+def write_docs(block: str) -> None:
+    """Replace the generated block of our section in docs/benchmarks.md (prose around it stays)."""
+    path = ROOT / "docs" / "benchmarks.md"
+    text = path.read_text() if path.exists() else ""
+    generated = f"{BEGIN}\n{block}\n{END}"
+    if BEGIN in text and END in text:
+        before, _, rest = text.partition(BEGIN)
+        _, _, after = rest.partition(END)
+        text = before + generated + after
+    else:
+        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{generated}\n"
+    path.write_text(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=300, help="measured requests per row")
+    parser.add_argument("--warmup", type=int, default=30, help="unmeasured requests per row")
+    parser.add_argument("--guard-ms", type=float, nargs="+", default=[15.0, 50.0])
+    parser.add_argument("--only", nargs="*", help="scenario names to run (default: all)")
+    parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument("--note", default="", help="machine note for the docs (what else ran)")
+    args = parser.parse_args()
+
+    scenarios = [s for s in SCENARIOS if not args.only or s.name in args.only]
+    load_before = os.getloadavg()
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    results: list[Result] = []
+    with upstream_double() as upstream, tempfile.TemporaryDirectory() as tmp:
+        for guard_ms in args.guard_ms:
+            directory = Path(tmp) / f"g{guard_ms:g}"
+            directory.mkdir()
+            log_path = directory / "gateway.log"
+            with guard_double(guard_ms) as guard, log_path.open("wb") as log:
+                config = write_config(directory, guard.url, upstream.url)
+                with gateway(config, log) as gw:
+                    for s in scenarios:
+                        r = run_scenario(s, guard_ms, upstream, gw, args.requests, args.warmup)
+                        results.append(r)
+                        print(table([r]).splitlines()[-1 - bool(r.after_window.values)])
+                        sys.stdout.flush()
+    load_after = os.getloadavg()
+    out = table(results)
+    argv = " ".join(sys.argv[1:])
+    command = f".venv/bin/python benchmarks/bench_moderation.py {argv}".strip()
+    machine = (
+        f"Measured {started} on {os.cpu_count()} cores; load average "
+        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after. {args.note}".strip()
+    )
+    block = f"Command: `{command}`\n\n{machine}\n\n{out}\n\n{verdict_notes(results)}"
+    print()
+    print(block)
+    if args.write_docs:
+        write_docs(block)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
