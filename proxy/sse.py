@@ -37,11 +37,12 @@ def encode_data(payload: bytes) -> bytes:
 class SSEParser:
     """Incremental SSE splitter. Feed network chunks, get complete events in order."""
 
-    __slots__ = ("_buf", "_data", "_pos")
+    __slots__ = ("_buf", "_data", "_pos", "_scan")
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._pos = 0  # start of the first line of `_buf` not yet interpreted
+        self._scan = 0  # where the search for the next line ending resumes
         self._data: list[bytes] | None = None  # data lines of the event being read
 
     @property
@@ -70,12 +71,15 @@ class SSEParser:
         events: list[SSEEvent] = []
         buf = self._buf
         pos = self._pos
+        # Bytes before `scan` hold no line ending: a long line arriving in many small chunks is
+        # searched once, not once per chunk.
+        scan = max(pos, self._scan)
         start = 0  # start of the current event in buf
         end = len(buf)
         while pos < end:
-            lf = buf.find(b"\n", pos)
+            lf = buf.find(b"\n", scan)
             # Only look for CR before the next LF: the common "\n"-only stream costs one scan.
-            cr = buf.find(b"\r", pos, end if lf < 0 else lf)
+            cr = buf.find(b"\r", scan, end if lf < 0 else lf)
             if cr >= 0:
                 eol = cr
                 if cr + 1 < end:
@@ -83,10 +87,12 @@ class SSEParser:
                 elif at_eof:
                     nxt = cr + 1
                 else:
-                    break  # a CR at the end of the chunk may be the first half of CRLF
+                    scan = cr  # a CR at the end of the chunk may be the first half of CRLF
+                    break
             elif lf >= 0:
                 eol, nxt = lf, lf + 1
             else:
+                scan = end
                 break
             if eol == pos:  # blank line: the event ends here
                 raw = bytes(buf[start:nxt])
@@ -96,11 +102,13 @@ class SSEParser:
                 start = nxt
             else:
                 self._field(bytes(buf[pos:eol]))
-            pos = nxt
+            pos = scan = nxt
         if start:
             del buf[:start]
             pos -= start
+            scan -= start
         self._pos = pos
+        self._scan = scan
         return events
 
     def _field(self, line: bytes) -> None:
@@ -120,5 +128,5 @@ class SSEParser:
 
     def _reset(self, upto: int) -> None:
         del self._buf[:upto]
-        self._pos = 0
+        self._pos = self._scan = 0
         self._data = None
