@@ -144,7 +144,9 @@ class SGLangBackend:
             headers=headers,
             timeout=httpx.Timeout(self._timeout_s),
             limits=httpx.Limits(
-                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
+                # +1: a health probe still gets a connection while every slot is busy.
+                max_connections=max_concurrency + 1,
+                max_keepalive_connections=max_concurrency,
             ),
         )
 
