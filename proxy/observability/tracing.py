@@ -56,6 +56,7 @@ __all__ = [
     "SPAN_GUARD_OUTPUT",
     "SPAN_UPSTREAM",
     "TracingConfigError",
+    "exporter_secrets",
     "extract_context",
     "inject",
     "set_upstream_attributes",
@@ -143,6 +144,18 @@ def setup_tracing(
     if span_processor is not None:
         provider.add_span_processor(span_processor)
     return provider
+
+
+def exporter_secrets(env: Mapping[str, str] | None = None) -> list[str]:
+    """The OTLP header values (collector API keys), for `register_secrets` at startup."""
+    if env is None:
+        import os
+
+        env = os.environ
+    values: list[str] = []
+    for variable in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
+        values.extend(_parse_pairs(env.get(variable, "")).values())
+    return values
 
 
 def tracer(provider: trace.TracerProvider) -> Tracer:

@@ -249,3 +249,12 @@ def test_library_does_not_install_a_global_provider() -> None:
     provider = setup_tracing(env={})
     assert trace.get_tracer_provider() is before
     provider.shutdown()
+
+
+def test_exporter_secrets_lists_otlp_header_values() -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_HEADERS": "api-key=abc%3D%3D,x-team=safety",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "authorization=Bearer%20t0ken",
+    }
+    assert tracing.exporter_secrets(env) == ["abc==", "safety", "Bearer t0ken"]
+    assert tracing.exporter_secrets({}) == []
