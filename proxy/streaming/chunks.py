@@ -59,7 +59,7 @@ def _add_call(call: list[list[str]], spec: object) -> int:
 class ResponseText:
     """The text of a streamed chat completion so far, plus the ids needed to write chunks."""
 
-    __slots__ = ("_choices", "created", "id", "model", "total", "usage")
+    __slots__ = ("_choices", "created", "error", "id", "model", "total", "usage")
 
     def __init__(self) -> None:
         self._choices: dict[int, _Choice] = {}
@@ -68,6 +68,7 @@ class ResponseText:
         self.created: Any = None
         self.model: str | None = None
         self.usage: dict[str, Any] | None = None
+        self.error: str | None = None  # an upstream error envelope seen mid-stream: its message
 
     def add(self, data: bytes) -> int:
         """Reads one event's JSON payload; returns the text characters it added, -1 if malformed."""
@@ -82,6 +83,10 @@ class ResponseText:
             self.created = chunk.get("created")
         if self.model is None and isinstance(chunk.get("model"), str):
             self.model = chunk["model"]
+        error = chunk.get("error")
+        if error is not None:
+            message = error.get("message") if isinstance(error, dict) else error
+            self.error = str(message or "error event")
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.usage = usage

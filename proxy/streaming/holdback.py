@@ -115,6 +115,18 @@ def usable(event: SSEEvent) -> SSEEvent | None:
     return SSEEvent(event.raw + b"\n\n", event.data)
 
 
+def ended_early(outcome: StreamOutcome, text: ResponseText) -> bytes:
+    """Records why the stream ended without `[DONE]` and returns the event that tells the
+    client. When the upstream already sent an error event (forwarded in order), that one says
+    it and nothing is added."""
+    if text.error is not None:
+        outcome.upstream_error = outcome.upstream_error or f"upstream error event: {text.error}"
+        return b""
+    if outcome.upstream_error is None:
+        outcome.upstream_error = "connection closed before [DONE]"
+    return upstream_error_event(outcome.upstream_error)
+
+
 async def _gated(
     upstream: AsyncIterator[bytes],
     window: int,
@@ -213,9 +225,7 @@ async def _gated(
             await reader.drain()
         else:
             await reader.aclose()
-            if outcome.upstream_error is None:
-                outcome.upstream_error = "connection closed before [DONE]"
-            yield out + upstream_error_event(outcome.upstream_error)
+            yield out + ended_early(outcome, text)
     finally:
         outcome.usage = text.usage
         outcome.model = text.model

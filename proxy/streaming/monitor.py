@@ -18,8 +18,8 @@ from collections.abc import AsyncGenerator, AsyncIterator
 
 from guard_engine.errors import GuardError
 from proxy.sse import SSEParser
-from proxy.streaming.chunks import ResponseText, upstream_error_event
-from proxy.streaming.holdback import StreamCheck, timed_check, usable
+from proxy.streaming.chunks import ResponseText
+from proxy.streaming.holdback import StreamCheck, ended_early, timed_check, usable
 from proxy.streaming.outcome import StreamOutcome
 from proxy.streaming.reader import UpstreamReader, describe_error
 
@@ -111,9 +111,7 @@ async def monitor_stream(
             checks.poke()
             if chunk is None:
                 await reader.aclose()
-                if outcome.upstream_error is None:
-                    outcome.upstream_error = "connection closed before [DONE]"
-                parts.append(upstream_error_event(outcome.upstream_error))
+                parts.append(ended_early(outcome, text))
                 yield b"".join(parts)
                 return
             if parts:

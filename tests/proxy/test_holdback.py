@@ -647,3 +647,16 @@ async def test_invariant_no_unchecked_character_reaches_the_client(mode: StreamM
                 client.raw.endswith(DONE)
                 and client.payloads[-1]["choices"][0]["finish_reason"] == "content_filter"
             )
+
+
+@pytest.mark.parametrize("mode", ["holdback", "monitor"])
+async def test_upstream_error_event_is_forwarded_once(mode: StreamMode) -> None:
+    upstream_error = encode_data(
+        b'{"error": {"message": "Upstream timed out", "type": "upstream_error", '
+        b'"param": null, "code": "upstream_timeout"}}'
+    )
+    chunks = [chunk("half an "), chunk("answer"), upstream_error]
+    client, outcome, _ = await run(chunks, RecordingCheck(), mode=mode)
+    assert client.raw == b"".join(chunks)  # the upstream's own error event, not a second one
+    assert outcome.upstream_error == "upstream error event: Upstream timed out"
+    assert not outcome.completed
