@@ -48,15 +48,24 @@ def _dotted(keys: KeyPath) -> str:
     return out
 
 
+def _scalar(node: yaml.Node) -> Any:
+    """A scalar node's value, resolved by YAML's safe rules (ints, bools, nulls, strings)."""
+    return yaml.SafeLoader("").construct_object(node, deep=True)
+
+
 def _construct(
-    node: yaml.Node, keys: KeyPath, lines: dict[KeyPath, int], env: Mapping[str, str] | None, path: str
+    node: yaml.Node,
+    keys: KeyPath,
+    lines: dict[KeyPath, int],
+    env: Mapping[str, str] | None,
+    path: str,
 ) -> Any:
     """Turn a composed YAML node into Python data, remembering where every key stood."""
     lines[keys] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = str(yaml.safe_load(yaml.serialize(key_node)))
+            key = str(_scalar(key_node))
             child = (*keys, key)
             if key in out:
                 raise ConfigFileError(
@@ -67,7 +76,7 @@ def _construct(
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_construct(v, (*keys, i), lines, env, path) for i, v in enumerate(node.value)]
-    value = yaml.safe_load(yaml.serialize(node))
+    value = _scalar(node)
     if env is not None and isinstance(value, str) and "${" in value:
         text = interpolate(value, env, path=path, line=lines[keys], key=_dotted(keys))
         # Re-read interpolated scalars so that `port: ${PORT:-8080}` becomes an int.
@@ -117,9 +126,7 @@ def _nearest_line(lines: dict[KeyPath, int], loc: KeyPath) -> int | None:
     return None
 
 
-def load_yaml_model(
-    model: type[M], path: str | Path, *, env: Mapping[str, str] | None = None
-) -> M:
+def load_yaml_model(model: type[M], path: str | Path, *, env: Mapping[str, str] | None = None) -> M:
     """Read, interpolate (when `env` is given) and validate a YAML file into `model`."""
     p = str(path)
     try:

@@ -39,7 +39,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     module.register(command_parser)
     args = command_parser.parse_args(args_list[1:])
-    result: int = module.run(args)
+    try:
+        result: int = module.run(args)
+    except BrokenPipeError:
+        # `guardline audit list | head`: the reader left; that is not an error of ours.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return result
 
 
