@@ -53,6 +53,15 @@ class SSEParser:
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         if not chunk:
             return []
+        if (
+            not self._buf
+            and chunk.startswith(b"data: ")
+            and chunk.find(b"\n") == len(chunk) - 2
+            and chunk.endswith(b"\n\n")
+            and b"\r" not in chunk
+        ):
+            # Fast path: one single-line `data:` event per chunk, how OpenAI-style servers flush.
+            return [SSEEvent(chunk, chunk[6:-2])]
         self._buf += chunk
         return self._drain(at_eof=False)
 

@@ -59,7 +59,7 @@ def _add_call(call: list[list[str]], spec: object) -> int:
 class ResponseText:
     """The text of a streamed chat completion so far, plus the ids needed to write chunks."""
 
-    __slots__ = ("_choices", "created", "error", "id", "model", "total", "usage")
+    __slots__ = ("_choices", "created", "error", "finished", "id", "model", "total", "usage")
 
     def __init__(self) -> None:
         self._choices: dict[int, _Choice] = {}
@@ -69,6 +69,8 @@ class ResponseText:
         self.model: str | None = None
         self.usage: dict[str, Any] | None = None
         self.error: str | None = None  # an upstream error envelope seen mid-stream: its message
+        # Every choice seen so far has sent its finish_reason: the answer's text is complete.
+        self.finished = False
 
     def add(self, data: bytes) -> int:
         """Reads one event's JSON payload; returns the text characters it added, -1 if malformed."""
@@ -107,8 +109,10 @@ class ResponseText:
         choice = self._choices.get(index)
         if choice is None:
             choice = self._choices[index] = _Choice()
-        if item.get("finish_reason"):
+            self.finished = False
+        if item.get("finish_reason") and not choice.finished:
             choice.finished = True
+            self.finished = all(c.finished for c in self._choices.values())
         delta = item.get("delta")
         if not isinstance(delta, dict):
             return 0
@@ -134,11 +138,6 @@ class ResponseText:
                 choice.function = [[], []]
             added += _add_call(choice.function, legacy)
         return added
-
-    @property
-    def finished(self) -> bool:
-        """Every choice seen so far has sent its finish_reason: the answer's text is complete."""
-        return bool(self._choices) and all(c.finished for c in self._choices.values())
 
     @property
     def indices(self) -> list[int]:

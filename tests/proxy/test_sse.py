@@ -104,3 +104,21 @@ def test_encode() -> None:
     assert encode_data(b'{"x":1}') == b'data: {"x":1}\n\n'
     assert DONE == b"data: [DONE]\n\n"
     assert feed_all(SSEParser(), [DONE])[0].is_done
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"data: x\n\n"],
+        [b"data: x\n\ndata: y\n\n"],
+        [b"data: x\n\n", b"data: y\n", b"\n"],
+        [b"data: \n\n"],
+        [b"data: a\r\n\n"],
+        [b"data: a", b"\n\n"],
+    ],
+)
+def test_single_event_fast_path_matches_general_path(chunks: list[bytes]) -> None:
+    whole = b"".join(chunks)
+    by_bytes = feed_all(SSEParser(), [bytes([b]) for b in whole])
+    assert feed_all(SSEParser(), chunks) == by_bytes
+    assert b"".join(e.raw for e in by_bytes) == whole
