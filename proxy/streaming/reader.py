@@ -8,6 +8,7 @@ Outside checks, reads are awaited directly: no task per chunk on the hot path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 
@@ -74,4 +75,7 @@ class UpstreamReader:
             await asyncio.gather(task, return_exceptions=True)
         close = getattr(self._it, "aclose", None)
         if close is not None:
-            await close()
+            # A failure while tearing down the upstream is not the client's concern: the stream
+            # has already ended for it, one way or another.
+            with contextlib.suppress(Exception):
+                await close()
