@@ -660,3 +660,60 @@ async def test_upstream_error_event_is_forwarded_once(mode: StreamMode) -> None:
     assert client.raw == b"".join(chunks)  # the upstream's own error event, not a second one
     assert outcome.upstream_error == "upstream error event: Upstream timed out"
     assert not outcome.completed
+
+
+async def test_upstream_left_open_after_done_does_not_hold_the_response() -> None:
+    forever = asyncio.Event()
+    closed: list[bool] = []
+
+    async def upstream() -> AsyncGenerator[bytes, None]:
+        try:
+            yield chunk("done soon")
+            yield DONE
+            await forever.wait()  # a server that never closes the stream
+            yield b"data: never\n\n"
+        finally:
+            closed.append(True)
+
+    outcome = StreamOutcome()
+    stream = moderate_stream(
+        upstream(),
+        mode="holdback",
+        holdback_chars=400,
+        check=RecordingCheck(),
+        refusal="",
+        outcome=outcome,
+    )
+    raw = await _drain(stream)  # ends after a short, bounded drain
+    assert raw == chunk("done soon") + DONE and closed == [True] and outcome.completed
+
+
+async def test_guard_error_after_some_text_was_released() -> None:
+    class FailSecond(RecordingCheck):
+        async def __call__(self, text: str) -> Verdict:
+            if self.seen:
+                self.seen.append(text)
+                raise GuardTimeout("second check timed out")
+            return await super().__call__(text)
+
+    check = FailSecond()
+    up = Upstream(answer(["0123456789"] * 5))
+    client, outcome, _ = await run([], check, holdback=10, upstream=up)
+    assert client.content[0] == "0123456789"  # the first window, checked and released
+    assert client.payloads[-1]["error"]["code"] == "guard_unavailable"
+    assert outcome.released_chars == 10 and up.closed and not client.done
+    assert_covered(client, check)
+
+
+async def test_monitor_client_disconnect_still_checks_what_was_sent() -> None:
+    check = RecordingCheck()
+    up = Upstream(answer(["one ", "two ", "three ", "four"]))
+    outcome = StreamOutcome()
+    stream = moderate_stream(
+        up.stream(), mode="monitor", holdback_chars=400, check=check, refusal="", outcome=outcome
+    )
+    got = [await anext(stream) for _ in range(3)]  # role chunk, "one ", "two "
+    await stream.aclose()
+    await outcome.settled()
+    assert up.closed and got == up.chunks[:3]
+    assert check.seen == ["one two "] and outcome.released_chars == len("one two ")
