@@ -20,6 +20,7 @@ during the measurement and compete for the GIL, as they would in the server.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
 import statistics
@@ -156,14 +157,22 @@ def one_request(p: Parts) -> None:
         )  # fmt: skip
 
 
-def measure(fn: Callable[[], None], n: int) -> list[int]:
-    for _ in range(min(n // 10, 2000)):  # warm-up (label children, allocator)
-        fn()
-    samples = []
-    for _ in range(n):
-        t0 = time.perf_counter_ns()
-        fn()
-        samples.append(time.perf_counter_ns() - t0)
+def measure_interleaved(
+    variants: dict[str, Callable[[], None]], n: int, block: int = 250
+) -> dict[str, list[int]]:
+    """n samples per variant, taken in alternating blocks so that every variant sees the same
+    machine load (the development machine is shared and its load changes by the minute)."""
+    samples: dict[str, list[int]] = {name: [] for name in variants}
+    for fn in variants.values():  # warm-up (label children, allocator, caches)
+        for _ in range(min(n // 10, 1000)):
+            fn()
+    while any(len(s) < n for s in samples.values()):
+        for name, fn in variants.items():
+            out = samples[name]
+            for _ in range(min(block, n - len(out))):
+                t0 = time.perf_counter_ns()
+                fn()
+                out.append(time.perf_counter_ns() - t0)
     return samples
 
 
@@ -181,6 +190,7 @@ def main() -> None:
         exporter = DiscardExporter()
         provider = tracing.setup_tracing(env={}, span_processor=BatchSpanProcessor(exporter))
     tracer = tracing.tracer(provider)
+    disabled = tracing.setup_tracing(env={"OTEL_SDK_DISABLED": "true"})
     metrics = GatewayMetrics()
     store = AuditStore(workdir / "audit.sqlite3")
     writer = AuditWriter(store, queue_size=10000, metrics=metrics)
@@ -192,20 +202,24 @@ def main() -> None:
     variants: dict[str, Parts] = {
         "all off": Parts(None, None, None, None),
         "tracing": Parts(tracer, None, None, None),
+        "tracing, OTEL_SDK_DISABLED": Parts(tracing.tracer(disabled), None, None, None),
         "metrics": Parts(None, metrics, None, None),
         "audit": Parts(None, None, writer, None),
         "request log line": Parts(None, None, None, logger),
         "tracing + metrics + audit": Parts(tracer, metrics, writer, None),
         "all on (+ log line)": Parts(tracer, metrics, writer, logger),
     }
-    results: dict[str, tuple[float, float, float]] = {}
     gc.collect()
-    for name, parts in variants.items():
-        samples = measure(lambda parts=parts: one_request(parts), args.n)  # type: ignore[misc]
-        q = statistics.quantiles(samples, n=100)
+    calls: dict[str, Callable[[], None]] = {
+        name: functools.partial(one_request, parts) for name, parts in variants.items()
+    }
+    samples = measure_interleaved(calls, args.n)
+    results: dict[str, tuple[float, float, float]] = {}
+    for name, values in samples.items():
+        q = statistics.quantiles(values, n=100)
         results[name] = (q[49] / 1000, q[89] / 1000, q[98] / 1000)
-        writer.flush(60)  # do not let one variant's backlog run during the next
-        provider.force_flush()
+    writer.flush(60)
+    provider.force_flush()
 
     base = results["all off"][0]
     print(f"{'variant':<28} {'p50 us':>9} {'p90 us':>9} {'p99 us':>9} {'p50 added us':>13}")

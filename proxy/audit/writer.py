@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
 _log = logging.getLogger("guardline.audit")
 
 DEFAULT_BATCH_SIZE: Final = 512
+# After waking up for a record, wait this long for more before writing. Fewer, larger
+# transactions, and far fewer GIL hand-offs between this thread and the event loop's thread
+# (each wake-up can stall the request path for a moment). Audit latency does not matter.
+DEFAULT_LINGER_S: Final = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +88,10 @@ class AuditWriter:
         otel_logger: OtelLogger | None = None,
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        linger_s: float = DEFAULT_LINGER_S,
     ) -> None:
         self.store = store
+        self.linger_s = linger_s
         self.metrics = metrics
         self.otel_logger = otel_logger
         self.batch_size = batch_size
@@ -154,13 +161,18 @@ class AuditWriter:
     # --- the thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
+        backlog = False  # the last batch was full: more is waiting, do not linger
         while True:
-            batch = [self._queue.get()]
+            first = self._queue.get()
+            if not backlog and self.linger_s > 0 and isinstance(first, AuditRecord | _ThinkUpdate):
+                time.sleep(self.linger_s)  # let a batch gather (sleep releases the GIL)
+            batch = [first]
             while len(batch) < self.batch_size:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            backlog = len(batch) >= self.batch_size
             if not self._process(batch):
                 return
 
