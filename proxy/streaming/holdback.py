@@ -7,9 +7,11 @@ covering it has passed.
   A check runs whenever `holdback_chars` of new text have arrived, and once more for whatever
   is left when the answer ends (every choice's finish_reason, `[DONE]`, or EOF). At most one
   check is in flight, and upstream keeps being read while it runs; a check covers exactly the
-  events received before it was started. Events without text (the role chunk, keep-alive
-  comments, empty deltas, the usage chunk) keep their place in the order: they are released as
-  soon as no held text precedes them. Released events are the upstream's exact bytes.
+  events received before it was started. Events without text (the role chunk, empty deltas,
+  the usage chunk) keep their place in the order: they are released as soon as no held text
+  precedes them. Keep-alive comments go out at once, even past held text: they carry nothing,
+  and they show the client (and proxies in between) that the connection is alive while a check
+  runs or an answer is buffered. Released events are the upstream's exact bytes.
 - `buffer` is hold-back with a single check of the whole answer at the end.
 - `monitor` is in `monitor.py`: everything is released at once and checked in the background.
 
@@ -146,6 +148,7 @@ async def _gated(
     inflight: asyncio.Task[Verdict] | None = None
     inflight_seq = 0
     ended = False  # nothing more will be read from upstream
+    keepalive: list[bytes] = []
 
     def release() -> bytes:
         parts: list[bytes] = []
@@ -208,16 +211,27 @@ async def _gated(
                     outcome.completed = ended = True
                     held.append((0, 0, event.raw))
                     break  # nothing after [DONE] is read
-                chars = 0 if event.data is None else text.add(event.data)
+                if event.data is None:
+                    if seq > checked and event.raw[:1] == b":":
+                        # A keep-alive comment behind held text carries nothing and has no
+                        # order to keep: send it now, so a client (or a proxy in between)
+                        # waiting on a guard check or a buffered answer sees the connection alive.
+                        keepalive.append(event.raw)
+                    else:
+                        held.append((0, 0, event.raw))
+                    continue
+                chars = text.add(event.data)
                 if chars > 0:
                     seq += 1
                     held.append((seq, chars, event.raw))
                 else:
                     held.append((0, 0, event.raw))
-            if held and held[0][0] == 0:
-                out = release()
-                if out:
-                    yield out
+            out = release() if held and held[0][0] == 0 else b""
+            if keepalive:
+                out += b"".join(keepalive)
+                keepalive.clear()
+            if out:
+                yield out
         out = release()
         if outcome.completed:
             if out:
