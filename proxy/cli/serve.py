@@ -11,9 +11,12 @@ import argparse
 import math
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from guard_engine.errors import ConfigFileError
+
+if TYPE_CHECKING:
+    from proxy.config_schema import GatewayConfig
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +36,30 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def uvicorn_options(
+    config: GatewayConfig,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    log_level: str | None = None,
+) -> dict[str, Any]:
+    """uvicorn's settings for the gateway (also used by benchmarks/bench_passthrough.py)."""
+    return {
+        "host": host or config.server.host,
+        "port": port if port is not None else config.server.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "log_level": log_level or config.logging.level,
+        # One line per request is the gateway's own request log, not uvicorn's access log.
+        "access_log": False,
+        # The upstream's Server and Date headers are relayed; the gateway adds none of its own.
+        "server_header": False,
+        "date_header": False,
+        "timeout_graceful_shutdown": math.ceil(config.server.graceful_shutdown_s),
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     from proxy.config import load_config
 
@@ -48,20 +75,12 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     workers = args.workers if args.workers is not None else config.server.workers
-    options: dict[str, Any] = {
-        "host": args.host or config.server.host,
-        "port": args.port if args.port is not None else config.server.port,
-        "loop": "uvloop",
-        "http": "httptools",
-        "lifespan": "on",
-        "log_level": args.log_level or config.logging.level,
-        # One line per request is the gateway's own request log, not uvicorn's access log.
-        "access_log": False,
-        # The upstream's Server and Date headers are relayed; the gateway adds none of its own.
-        "server_header": False,
-        "date_header": False,
-        "timeout_graceful_shutdown": math.ceil(config.server.graceful_shutdown_s),
-    }
+    options = uvicorn_options(
+        config,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+    )
     if workers > 1:
         # Worker processes import the app themselves: hand them the config path.
         os.environ["GUARDLINE_CONFIG"] = os.path.abspath(args.config)

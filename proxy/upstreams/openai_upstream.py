@@ -9,6 +9,7 @@ breaks after it started ends with one SSE error event instead of a hang.
 from __future__ import annotations
 
 import logging
+import urllib.request
 from collections.abc import AsyncIterator
 
 import httpx
@@ -17,6 +18,7 @@ import orjson
 from proxy.config_schema import OpenAIUpstreamConfig
 from proxy.errors import GatewayError, UpstreamError, UpstreamTimeout
 from proxy.request_body import ChatBody
+from proxy.upstreams.h1_transport import H1Transport
 from proxy.upstreams.reply import RawHeaders, UpstreamReply
 
 log = logging.getLogger("guardline.upstream")
@@ -82,6 +84,16 @@ def _last_event_end(buf: bytes) -> int:
     return end
 
 
+def _env_proxy(url: httpx.URL) -> str | None:
+    """The proxy the environment (HTTPS_PROXY, NO_PROXY, ...) sets for this URL, if any: then
+    httpx's own transport, which implements proxies, is used instead of H1Transport."""
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(url.host):
+        return None
+    return proxy
+
+
 def translate(exc: httpx.HTTPError, upstream: str) -> GatewayError:
     """httpx's exceptions -> the gateway's (the one boundary for this library)."""
     if isinstance(exc, httpx.TimeoutException):
@@ -109,21 +121,26 @@ class OpenAIUpstream:
         self._url = httpx.URL(cfg.base_url.rstrip("/") + "/chat/completions")
         self._auth: bytes | None = f"Bearer {cfg.api_key}".encode() if cfg.api_key else None
         self._byok = byok and not cfg.api_key
-        timeout = httpx.Timeout(
+        self._timeouts = httpx.Timeout(
             connect=cfg.connect_timeout_s,
             read=cfg.read_timeout_s,
             write=cfg.read_timeout_s,
             pool=cfg.connect_timeout_s,
-        )
-        limits = httpx.Limits(
-            max_connections=cfg.max_connections,
-            max_keepalive_connections=cfg.max_connections,
-        )
-        # No default headers of httpx's own: the client's headers are what goes out.
-        self._client = httpx.AsyncClient(
-            timeout=timeout, limits=limits, transport=transport, headers={}
-        )
-        self._client.headers.clear()
+        ).as_dict()
+        if transport is None:
+            proxy = _env_proxy(self._url)
+            if proxy is None:
+                transport = H1Transport(max_connections=cfg.max_connections)
+            else:
+                limits = httpx.Limits(
+                    max_connections=cfg.max_connections,
+                    max_keepalive_connections=cfg.max_connections,
+                )
+                transport = httpx.AsyncHTTPTransport(proxy=proxy, limits=limits)
+        # The transport is used directly, without httpx.AsyncClient: a proxy must not keep a
+        # cookie jar shared by all its clients, follow redirects or add headers of its own,
+        # and the client layer's bookkeeping is pure per-request overhead here.
+        self._transport = transport
 
     def _headers(self, client_headers: RawHeaders) -> RawHeaders:
         out = [(k, v) for k, v in client_headers if k not in _REQUEST_DROP]
@@ -137,13 +154,18 @@ class OpenAIUpstream:
     async def chat(self, body: ChatBody, client_headers: RawHeaders) -> UpstreamReply:
         alias = self._alias.get(body.model)
         content = body.raw if alias is None else body.with_model(alias)
-        request = self._client.build_request(
-            "POST", self._url, content=content, headers=self._headers(client_headers)
+        request = httpx.Request(
+            "POST",
+            self._url,
+            content=content,
+            headers=self._headers(client_headers),
+            extensions={"timeout": self._timeouts},
         )
         try:
-            response = await self._client.send(request, stream=True)
+            response = await self._transport.handle_async_request(request)
         except httpx.HTTPError as exc:
             raise translate(exc, self.name) from None
+        response.request = request
         headers = relay_headers(response.headers.raw)
         ctype = response.headers.get("content-type", "")
         if ctype.startswith("text/event-stream"):
@@ -197,4 +219,4 @@ class OpenAIUpstream:
             await response.aclose()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()

@@ -1,0 +1,296 @@
+"""The latency guardline adds as a bare passthrough (no moderation) over the upstream alone.
+
+Starts the fast upstream double (benchmarks/upstream_double.py) and the gateway as separate
+processes, then drives both with a minimal keep-alive HTTP/1.1 client (raw asyncio streams, so
+the client's own cost is small and identical for both paths):
+
+1. concurrency 1: alternating blocks of sequential requests, direct vs through the gateway;
+   added latency = gateway percentile - direct percentile;
+2. under load: an open-loop constant request rate (latency counted from each request's
+   scheduled start, so queueing is included), rising until the added p99 passes 10 ms.
+
+    .venv/bin/python benchmarks/bench_passthrough.py [--requests 4000] [--seconds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+
+CHAT = orjson.dumps(
+    {
+        "model": "bench-model",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "Write one short sentence about foxes."},
+        ],
+        "temperature": 0.2,
+    }
+)
+CHAT_STREAM = orjson.dumps({**orjson.loads(CHAT), "stream": True})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def request_bytes(port: int, path: str, body: bytes) -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        "Content-Type: application/json\r\nAuthorization: Bearer sk-bench\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection; reads content-length and chunked bodies."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> Conn:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(reader, writer)
+
+    async def call(self, raw: bytes) -> int:
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        lower = head.lower()
+        if b"transfer-encoding: chunked" in lower:
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n"))[:-2], 16)
+                await self.reader.readexactly(size + 2)
+                if size == 0:
+                    break
+        else:
+            i = lower.index(b"content-length:") + 15
+            length = int(lower[i : lower.index(b"\r\n", i)])
+            await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def sequential(port: int, raw: bytes, n: int, conn: Conn) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        status = await conn.call(raw)
+        out.append((time.perf_counter_ns() - t0) / 1e6)
+        assert status == 200, status
+    return out
+
+
+async def concurrency_one(
+    direct: tuple[int, bytes], gateway: tuple[int, bytes], n: int
+) -> tuple[list[float], list[float]]:
+    dconn, gconn = await Conn.open(direct[0]), await Conn.open(gateway[0])
+    await sequential(direct[0], direct[1], 200, dconn)  # warm-up
+    await sequential(gateway[0], gateway[1], 200, gconn)
+    d: list[float] = []
+    g: list[float] = []
+    block = 100
+    for _ in range(n // block):  # alternate so that machine noise hits both alike
+        d += await sequential(direct[0], direct[1], block, dconn)
+        g += await sequential(gateway[0], gateway[1], block, gconn)
+    dconn.close()
+    gconn.close()
+    return d, g
+
+
+async def open_loop(port: int, raw: bytes, rate: float, seconds: float, conns: int) -> list[float]:
+    """Requests scheduled every 1/rate s; latency from the scheduled start (no omission)."""
+    queue: asyncio.Queue[float | None] = asyncio.Queue()
+    latencies: list[float] = []
+    errors = 0
+
+    async def worker() -> None:
+        nonlocal errors
+        conn = await Conn.open(port)
+        while (scheduled := await queue.get()) is not None:
+            status = await conn.call(raw)
+            latencies.append((time.perf_counter() - scheduled) * 1000)
+            errors += status != 200
+        conn.close()
+
+    workers = [asyncio.create_task(worker()) for _ in range(conns)]
+    await asyncio.sleep(0.05)
+    start = time.perf_counter()
+    total = int(rate * seconds)
+    for i in range(total):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        queue.put_nowait(due)
+    for _ in workers:
+        queue.put_nowait(None)
+    await asyncio.gather(*workers)
+    assert errors == 0, f"{errors} non-200 answers"
+    return latencies
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open")
+
+
+@contextmanager
+def processes(chunks: int) -> Iterator[tuple[int, int]]:
+    dport, gport = free_port(), free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "bench.yaml"
+        config.write_text(
+            "upstreams:\n"
+            f"  double: {{type: openai, base_url: 'http://127.0.0.1:{dport}/v1'}}\n"
+            "routes:\n"
+            f"  - {{name: default, upstream: double, policy: '{ROOT}/policies/default.yaml'}}\n"
+            "logging: {level: warning}\n"
+            f"audit: {{path: '{tmp}/audit.sqlite3'}}\n"
+        )
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        double = subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "upstream_double.py"),
+                "--port",
+                str(dport),
+                "--chunks",
+                str(chunks),
+            ],
+            env=env,
+        )
+        gateway = subprocess.Popen(
+            [sys.executable, __file__, "--run-gateway", str(config), "--port", str(gport)], env=env
+        )
+        try:
+            wait_port(dport, double)
+            wait_port(gport, gateway)
+            yield dport, gport
+        finally:
+            for proc in (gateway, double):
+                proc.terminate()
+            for proc in (gateway, double):
+                proc.wait(timeout=30)
+
+
+def run_gateway(config_path: str, port: int) -> None:
+    """The gateway process: exactly `guardline serve`'s uvicorn settings, moderation off."""
+    import uvicorn
+
+    from proxy.app import create_app
+    from proxy.cli.serve import uvicorn_options
+    from proxy.config import load_config
+
+    config = load_config(config_path)
+    if os.environ.get("BENCH_GC_FREEZE"):
+        import gc
+
+        gc.collect()
+        gc.freeze()
+    uvicorn.run(create_app(config, moderation=False), **uvicorn_options(config, port=port))
+
+
+def row(name: str, d: list[float], g: list[float]) -> str:
+    cells = []
+    for q in (0.5, 0.9, 0.99):
+        cells += [pct(d, q), pct(g, q), pct(g, q) - pct(d, q)]
+    return f"| {name} | " + " | ".join(f"{c:.3f}" for c in cells) + " |"
+
+
+async def bench(args: argparse.Namespace, dport: int, gport: int) -> None:
+    direct = (dport, request_bytes(dport, "/v1/chat/completions", CHAT))
+    through = (gport, request_bytes(gport, "/v1/chat/completions", CHAT))
+    direct_s = (dport, request_bytes(dport, "/v1/chat/completions", CHAT_STREAM))
+    through_s = (gport, request_bytes(gport, "/v1/chat/completions", CHAT_STREAM))
+
+    print(f"## concurrency 1, {args.requests} requests per path (ms)")
+    print(
+        "| request | direct p50 | gw p50 | added p50 | direct p90 | gw p90 | added p90 "
+        "| direct p99 | gw p99 | added p99 |"
+    )
+    print("|---|" + "---:|" * 9)
+    d, g = await concurrency_one(direct, through, args.requests)
+    print(row("chat, JSON", d, g), flush=True)
+    d, g = await concurrency_one(direct_s, through_s, args.requests)
+    print(row(f"chat, SSE {args.chunks} chunks (to last byte)", d, g), flush=True)
+
+    print(f"\n## open-loop load, {args.seconds:g} s per rate, {args.conns} connections (ms)")
+    print("| rate req/s | direct p50 | gw p50 | direct p99 | gw p99 | added p99 |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    best = 0.0
+    for rate in args.rates:
+        d = await open_loop(dport, direct[1], rate, args.seconds, args.conns)
+        g = await open_loop(gport, through[1], rate, args.seconds, args.conns)
+        added = pct(g, 0.99) - pct(d, 0.99)
+        print(
+            f"| {rate:g} | {pct(d, 0.5):.2f} | {pct(g, 0.5):.2f} | {pct(d, 0.99):.2f} "
+            f"| {pct(g, 0.99):.2f} | {added:.2f} |",
+            flush=True,
+        )
+        if added > 10:
+            break
+        best = rate
+    print(f"\nhighest rate with added p99 <= 10 ms: {best:g} req/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=4000, help="per path at concurrency 1")
+    parser.add_argument("--seconds", type=float, default=4.0, help="per rate under load")
+    parser.add_argument("--conns", type=int, default=64)
+    parser.add_argument("--chunks", type=int, default=20, help="SSE content chunks")
+    parser.add_argument(
+        "--rates", type=float, nargs="+", default=[100, 200, 400, 600, 800, 1000, 1200, 1500, 2000]
+    )
+    parser.add_argument("--run-gateway", metavar="CONFIG", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run_gateway:
+        run_gateway(args.run_gateway, args.port)
+        return
+    import uvloop
+
+    with processes(args.chunks) as (dport, gport):
+        uvloop.run(bench(args, dport, gport))
+
+
+if __name__ == "__main__":
+    main()
