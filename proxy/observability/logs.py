@@ -51,6 +51,9 @@ _PATTERNS: Final = (
 )
 _MIN_SECRET_LENGTH: Final = 4  # shorter values would redact ordinary words
 _HANDLER_NAME: Final = "guardline-json"
+# Loggers that libraries give their own handlers (uvicorn's default log config does, with
+# propagate off): taken over so that their records reach the redacting root handler.
+_TAKEN_OVER: Final = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 
 class Redactor:
@@ -133,7 +136,9 @@ def configure_logging(
     """JSON lines to `stream` (default stdout) for structlog and the stdlib root logger.
 
     Returns the Redactor in force; `register_secrets` adds to it. Calling again replaces the
-    previous configuration (and its handler), which keeps tests independent.
+    previous configuration (and its handler), which keeps tests independent. uvicorn's loggers
+    lose their own handlers and propagate to the root: run uvicorn with `log_config=None`, or
+    it installs them again when it starts.
     """
     out = stream if stream is not None else sys.stdout
     redactor = redactor if redactor is not None else Redactor()
@@ -175,6 +180,11 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(numeric_level)
+    for name in _TAKEN_OVER:
+        library_logger = logging.getLogger(name)
+        for own in list(library_logger.handlers):
+            library_logger.removeHandler(own)
+        library_logger.propagate = True
     return redactor
 
 

@@ -164,3 +164,24 @@ def test_register_secrets_needs_a_configuration() -> None:
 def test_unknown_level_is_an_error() -> None:
     with pytest.raises(ValueError, match="loud"):
         configure_logging("loud", stream=io.StringIO())
+
+
+def test_uvicorn_loggers_are_taken_over() -> None:
+    # What uvicorn's default log config leaves behind: own handler, no propagation.
+    theirs = io.StringIO()
+    uvicorn_logger = logging.getLogger("uvicorn")
+    uvicorn_logger.addHandler(logging.StreamHandler(theirs))
+    uvicorn_logger.propagate = False
+    ours = io.StringIO()
+    configure_logging("info", stream=ours)
+    register_secrets([TENANT_KEY])
+    try:
+        logging.getLogger("uvicorn.error").error("bad key %s", TENANT_KEY)
+        assert theirs.getvalue() == ""
+        (line,) = _lines(ours)
+        assert line["event"] == "bad key [REDACTED]" and line["logger"] == "uvicorn.error"
+    finally:
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if h.get_name() == "guardline-json"]:
+            root.removeHandler(handler)
+        structlog.reset_defaults()
