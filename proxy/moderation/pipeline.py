@@ -72,6 +72,7 @@ class ModerationPipeline:
         self._tracer = tracer or NoOpTracer()
         self._on_finished = on_finished
         self._on_shadow = on_shadow
+        # Background work (shadow checks, monitor-mode settling), kept referenced until done.
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         # (policy ref, shadow ref, stage) -> [decisions compared, disagreements]
         self.shadow_counts: dict[tuple[str, str, str], list[int]] = {}
@@ -262,9 +263,25 @@ class ModerationPipeline:
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
             timing.finish()
-            await outcome.settled()
-            decisions.output = _stream_result(outcome)
-            self._finished(call, decisions, timing, outcome)
+            if outcome.background is None:
+                self._stream_done(call, decisions, timing, outcome)
+            else:
+                # Monitor mode: the client's body ends now; the record waits for the checks.
+                task = asyncio.ensure_future(self._settle(call, decisions, timing, outcome))
+                self._shadow_tasks.add(task)
+                task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _settle(
+        self, call: ChatCall, decisions: Decisions, timing: RequestTiming, outcome: StreamOutcome
+    ) -> None:
+        await outcome.settled()
+        self._stream_done(call, decisions, timing, outcome)
+
+    def _stream_done(
+        self, call: ChatCall, decisions: Decisions, timing: RequestTiming, outcome: StreamOutcome
+    ) -> None:
+        decisions.output = _stream_result(outcome)
+        self._finished(call, decisions, timing, outcome)
 
     def _shadow(
         self, call: ChatCall, policy: CompiledPolicy, request: GuardRequest, enforced: StageResult
