@@ -117,6 +117,18 @@ def _replacement(match: re.Match[str]) -> str:
     return REDACTED
 
 
+class _JSONHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler whose failure report cannot leak: logging's default handleError
+    prints the record's message and arguments, unredacted, to stderr."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        sys.stderr.write(
+            f"guardline: a log record from {record.name} could not be written "
+            f"({type(error).__name__})\n"
+        )
+
+
 def add_trace_context(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     """trace_id/span_id of the current span (hex, as in traceparent), when there is one."""
     context = trace.get_current_span().get_span_context()
@@ -162,7 +174,7 @@ def configure_logging(
         logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(out)
+    handler = _JSONHandler(out)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(

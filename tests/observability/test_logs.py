@@ -185,3 +185,28 @@ def test_uvicorn_loggers_are_taken_over() -> None:
         for handler in [h for h in root.handlers if h.get_name() == "guardline-json"]:
             root.removeHandler(handler)
         structlog.reset_defaults()
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("cannot print")
+
+
+def test_a_record_that_cannot_be_formatted_does_not_leak(
+    captured: io.StringIO, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Straight to our handler: pytest's own capture handler re-raises formatting errors.
+    (ours,) = [h for h in logging.getLogger().handlers if h.get_name() == "guardline-json"]
+    record = logging.LogRecord(
+        "foreign",
+        logging.WARNING,
+        __file__,
+        1,
+        "key %s then %s",
+        (TENANT_KEY, _Unprintable()),
+        None,
+    )
+    ours.handle(record)
+    err = capfd.readouterr().err
+    assert TENANT_KEY not in err + captured.getvalue()
+    assert "guardline: a log record from foreign could not be written (RuntimeError)" in err
