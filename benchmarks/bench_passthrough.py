@@ -95,6 +95,12 @@ class Conn:
         self.writer.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -111,20 +117,24 @@ async def sequential(port: int, raw: bytes, n: int, conn: Conn) -> list[float]:
 
 
 async def concurrency_one(
-    direct: tuple[int, bytes], gateway: tuple[int, bytes], n: int
-) -> tuple[list[float], list[float]]:
+    direct: tuple[int, bytes], gateway: tuple[int, bytes], n: int, gateway_pid: int
+) -> tuple[list[float], list[float], float]:
+    """Latencies direct and through the gateway, and the gateway's CPU µs per request."""
     dconn, gconn = await Conn.open(direct[0]), await Conn.open(gateway[0])
     await sequential(direct[0], direct[1], 200, dconn)  # warm-up
     await sequential(gateway[0], gateway[1], 200, gconn)
     d: list[float] = []
     g: list[float] = []
     block = 100
+    cpu = 0.0
     for _ in range(n // block):  # alternate so that machine noise hits both alike
         d += await sequential(direct[0], direct[1], block, dconn)
+        before = cpu_seconds(gateway_pid)
         g += await sequential(gateway[0], gateway[1], block, gconn)
+        cpu += cpu_seconds(gateway_pid) - before
     dconn.close()
     gconn.close()
-    return d, g
+    return d, g, cpu / len(g) * 1e6
 
 
 async def open_loop(port: int, raw: bytes, rate: float, seconds: float, conns: int) -> list[float]:
@@ -173,7 +183,7 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> 
 
 
 @contextmanager
-def processes(chunks: int) -> Iterator[tuple[int, int]]:
+def processes(chunks: int) -> Iterator[tuple[int, int, int]]:
     dport, gport = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.yaml"
@@ -203,7 +213,7 @@ def processes(chunks: int) -> Iterator[tuple[int, int]]:
         try:
             wait_port(dport, double)
             wait_port(gport, gateway)
-            yield dport, gport
+            yield dport, gport, gateway.pid
         finally:
             for proc in (gateway, double):
                 proc.terminate()
@@ -220,22 +230,17 @@ def run_gateway(config_path: str, port: int) -> None:
     from proxy.config import load_config
 
     config = load_config(config_path)
-    if os.environ.get("BENCH_GC_FREEZE"):
-        import gc
-
-        gc.collect()
-        gc.freeze()
     uvicorn.run(create_app(config, moderation=False), **uvicorn_options(config, port=port))
 
 
-def row(name: str, d: list[float], g: list[float]) -> str:
+def row(name: str, d: list[float], g: list[float], cpu_us: float) -> str:
     cells = []
     for q in (0.5, 0.9, 0.99):
         cells += [pct(d, q), pct(g, q), pct(g, q) - pct(d, q)]
-    return f"| {name} | " + " | ".join(f"{c:.3f}" for c in cells) + " |"
+    return f"| {name} | " + " | ".join(f"{c:.3f}" for c in cells) + f" | {cpu_us:.0f} |"
 
 
-async def bench(args: argparse.Namespace, dport: int, gport: int) -> None:
+async def bench(args: argparse.Namespace, dport: int, gport: int, gpid: int) -> None:
     direct = (dport, request_bytes(dport, "/v1/chat/completions", CHAT))
     through = (gport, request_bytes(gport, "/v1/chat/completions", CHAT))
     direct_s = (dport, request_bytes(dport, "/v1/chat/completions", CHAT_STREAM))
@@ -246,11 +251,11 @@ async def bench(args: argparse.Namespace, dport: int, gport: int) -> None:
         "| request | direct p50 | gw p50 | added p50 | direct p90 | gw p90 | added p90 "
         "| direct p99 | gw p99 | added p99 |"
     )
-    print("|---|" + "---:|" * 9)
-    d, g = await concurrency_one(direct, through, args.requests)
-    print(row("chat, JSON", d, g), flush=True)
-    d, g = await concurrency_one(direct_s, through_s, args.requests)
-    print(row(f"chat, SSE {args.chunks} chunks (to last byte)", d, g), flush=True)
+    print("|---|" + "---:|" * 10)
+    d, g, cpu = await concurrency_one(direct, through, args.requests, gpid)
+    print(row("chat, JSON", d, g, cpu), flush=True)
+    d, g, cpu = await concurrency_one(direct_s, through_s, args.requests, gpid)
+    print(row(f"chat, SSE {args.chunks} chunks (to last byte)", d, g, cpu), flush=True)
 
     print(f"\n## open-loop load, {args.seconds:g} s per rate, {args.conns} connections (ms)")
     print("| rate req/s | direct p50 | gw p50 | direct p99 | gw p99 | added p99 |")
@@ -288,8 +293,8 @@ def main() -> None:
         return
     import uvloop
 
-    with processes(args.chunks) as (dport, gport):
-        uvloop.run(bench(args, dport, gport))
+    with processes(args.chunks) as (dport, gport, gpid):
+        uvloop.run(bench(args, dport, gport, gpid))
 
 
 if __name__ == "__main__":

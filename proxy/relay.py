@@ -8,7 +8,6 @@ cannot change the status any more, so it becomes one SSE error event and the str
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -16,7 +15,7 @@ from collections.abc import AsyncIterator
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from proxy.disconnect import wait_disconnect
+from proxy.disconnect import CancelOnDisconnect, ClientDisconnected
 from proxy.errors import GatewayError, InternalError
 from proxy.upstreams.openai_upstream import error_event
 from proxy.upstreams.reply import RawHeaders, UpstreamReply
@@ -56,22 +55,16 @@ class ReplyResponse(Response):
     async def _relay_stream(
         self, stream: AsyncIterator[bytes], receive: Receive, send: Send
     ) -> None:
-        pump = asyncio.ensure_future(self._pump(stream, send))
-        watcher = asyncio.ensure_future(wait_disconnect(receive))
         try:
-            await asyncio.wait((pump, watcher), return_when=asyncio.FIRST_COMPLETED)
+            async with CancelOnDisconnect(receive):
+                await self._pump(stream, send)
+        except ClientDisconnected:
+            pass  # the stream is dropped below; the middleware has nobody to answer
         finally:
-            if not pump.done():
-                # The client left (or we are being cancelled): stop reading the upstream.
-                pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pump
-            watcher.cancel()
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
-        pump.result()
 
     async def _pump(self, stream: AsyncIterator[bytes], send: Send) -> None:
         await send(
