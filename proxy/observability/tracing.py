@@ -11,12 +11,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Mapping
 from typing import IO, Final
-from urllib.parse import unquote
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import (
@@ -26,11 +24,11 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     TraceIdRatioBased,
 )
-from opentelemetry.sdk.version import __version__ as _SDK_VERSION
 from opentelemetry.trace import Span, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from guard_engine.types import Verdict
+from proxy.observability import otlp
 
 __all__ = [
     "ATTR_CACHE_HIT",
@@ -102,8 +100,8 @@ GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"
 GEN_AI_SYSTEM: Final = "gen_ai.system"  # deprecated alias of gen_ai.provider.name
 
 
-class TracingConfigError(ValueError):
-    """An OTEL_* variable asks for something this installation cannot do (named in the message)."""
+# The OTEL_* configuration error (kept under this name for callers of setup_tracing).
+TracingConfigError = otlp.OtelConfigError
 
 
 def setup_tracing(
@@ -122,8 +120,8 @@ def setup_tracing(
         import os
 
         env = os.environ
-    resource = _resource(service_name, env)
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+    resource = otlp.resource(service_name, env)
+    if otlp.sdk_disabled(env):
         # Spans become non-recording (cheap) but trace context still flows to the upstream.
         provider = TracerProvider(sampler=ALWAYS_OFF, resource=resource)
         if span_processor is not None:
@@ -152,10 +150,7 @@ def exporter_secrets(env: Mapping[str, str] | None = None) -> list[str]:
         import os
 
         env = os.environ
-    values: list[str] = []
-    for variable in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
-        values.extend(_parse_pairs(env.get(variable, "")).values())
-    return values
+    return otlp.header_values(env)
 
 
 def tracer(provider: trace.TracerProvider) -> Tracer:
@@ -262,30 +257,7 @@ def set_upstream_attributes(
     span.set_attributes(attributes)
 
 
-# --- OTEL_* parsing ---------------------------------------------------------------------------
-
-
-def _parse_pairs(raw: str) -> dict[str, str]:
-    """`k1=v1,k2=v2` with percent-encoded values (OTEL_RESOURCE_ATTRIBUTES, *_HEADERS)."""
-    pairs: dict[str, str] = {}
-    for item in raw.split(","):
-        key, sep, value = item.partition("=")
-        if sep and key.strip():
-            pairs[unquote(key.strip())] = unquote(value.strip())
-    return pairs
-
-
-def _resource(service_name: str, env: Mapping[str, str]) -> Resource:
-    attributes: dict[str, str] = {
-        "telemetry.sdk.language": "python",
-        "telemetry.sdk.name": "opentelemetry",
-        "telemetry.sdk.version": _SDK_VERSION,
-        "service.name": service_name,
-    }
-    attributes.update(_parse_pairs(env.get("OTEL_RESOURCE_ATTRIBUTES", "")))
-    if env.get("OTEL_SERVICE_NAME", "").strip():
-        attributes["service.name"] = env["OTEL_SERVICE_NAME"].strip()
-    return Resource(attributes)
+# --- OTEL_* -> exporters ----------------------------------------------------------------------
 
 
 def _sampler(env: Mapping[str, str]) -> Sampler:
@@ -310,95 +282,35 @@ def _sampler(env: Mapping[str, str]) -> Sampler:
     return samplers[name]
 
 
-def _signal(env: Mapping[str, str], name: str) -> str:
-    """OTEL_EXPORTER_OTLP_TRACES_<name>, else OTEL_EXPORTER_OTLP_<name>, else ''."""
-    return (
-        env.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}", "").strip()
-        or env.get(f"OTEL_EXPORTER_OTLP_{name}", "").strip()
-    )
-
-
-def _exporter_names(env: Mapping[str, str]) -> list[str]:
-    raw = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-    if not raw:
-        # Unlike the SDK's own default (otlp to localhost), export nothing unless told where:
-        # a gateway should not spam connection errors at a collector that does not exist.
-        has_endpoint = bool(_signal(env, "ENDPOINT"))
-        return ["otlp"] if has_endpoint else []
-    names = [name.strip() for name in raw.split(",") if name.strip()]
-    return [] if "none" in names else names
-
-
 def _exporters(env: Mapping[str, str], console_stream: IO[str] | None) -> Iterable[SpanExporter]:
-    for name in _exporter_names(env):
+    for name in otlp.exporter_names(env, "traces"):
         if name == "otlp":
-            yield _otlp_exporter(env)
-        elif name == "console":
-            yield ConsoleSpanExporter(out=console_stream or sys.stdout)
+            yield _otlp_exporter(otlp.otlp_settings(env, "traces"))
         else:
-            raise TracingConfigError(
-                f"OTEL_TRACES_EXPORTER={name!r} is not supported (otlp, console or none)"
-            )
+            yield ConsoleSpanExporter(out=console_stream or sys.stdout)
 
 
-def _otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
-    protocol = _signal(env, "PROTOCOL") or "http/protobuf"
-    headers = _parse_pairs(_signal(env, "HEADERS"))
-    timeout_s = _timeout_seconds(env)
-    compression = _signal(env, "COMPRESSION").lower() or None
-    if protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http import Compression
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
-        if not endpoint:
-            base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or "http://localhost:4318"
-            endpoint = base.rstrip("/") + "/v1/traces"
+def _otlp_exporter(settings: otlp.OtlpSettings) -> SpanExporter:
+    if settings.protocol == "grpc":
         try:
-            codec = Compression(compression or "none")
-        except ValueError as exc:
-            raise TracingConfigError(
-                f"OTEL_EXPORTER_OTLP_COMPRESSION={compression!r} is not supported "
-                "(gzip, deflate or none)"
-            ) from exc
-        return OTLPSpanExporter(
-            endpoint=endpoint, headers=headers, timeout=timeout_s, compression=codec
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]
+                OTLPSpanExporter as GrpcExporter,
+            )
+        except ImportError as exc:
+            raise otlp.grpc_missing(exc) from exc
+        exporter: SpanExporter = GrpcExporter(
+            endpoint=settings.endpoint, headers=settings.headers, timeout=settings.timeout_s
         )
-    if protocol == "grpc":
-        return _grpc_exporter(env, headers, timeout_s, compression)
-    raise TracingConfigError(
-        f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported (http/protobuf or grpc)"
+        return exporter
+    from opentelemetry.exporter.otlp.proto.http import Compression
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter(
+        endpoint=settings.endpoint,
+        headers=settings.headers,
+        timeout=settings.timeout_s,
+        compression=Compression(settings.compression),
     )
-
-
-def _grpc_exporter(
-    env: Mapping[str, str], headers: dict[str, str], timeout_s: float, compression: str | None
-) -> SpanExporter:
-    try:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]
-            OTLPSpanExporter as GrpcExporter,
-        )
-    except ImportError as exc:
-        raise TracingConfigError(
-            "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the opentelemetry-exporter-otlp-proto-grpc "
-            "package (pip install opentelemetry-exporter-otlp-proto-grpc), or use http/protobuf"
-        ) from exc
-    endpoint = _signal(env, "ENDPOINT") or "http://localhost:4317"
-    exporter: SpanExporter = GrpcExporter(
-        endpoint=endpoint, headers=headers, timeout=timeout_s, compression=None
-    )
-    _ = compression  # gRPC compression comes from the exporter's own env handling
-    return exporter
-
-
-def _timeout_seconds(env: Mapping[str, str]) -> float:
-    raw = _signal(env, "TIMEOUT")
-    if not raw:
-        return 10.0
-    try:
-        return float(raw) / 1000.0  # the specification's unit is milliseconds
-    except ValueError as exc:
-        raise TracingConfigError(f"OTEL_EXPORTER_OTLP_TIMEOUT={raw!r} is not a number") from exc
 
 
 def _batch_settings(env: Mapping[str, str]) -> dict[str, int]:
