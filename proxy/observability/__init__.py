@@ -1,6 +1,7 @@
 """Observability building blocks: tracing (OpenTelemetry), metrics (Prometheus), the per-request
-timing ledger behind Server-Timing and the overhead metric, and redacted JSON logs.
+timing ledger behind Server-Timing and the overhead metric, redacted JSON logs, and the ASGI
+middleware that opens the SERVER span.
 
-Import the submodules directly (`proxy.observability.tracing`, `.metrics`, `.timing`, `.logs`);
-each is independent, and none installs global providers or registries on import.
+Import the submodules directly (`.tracing`, `.metrics`, `.timing`, `.logs`, `.asgi`; `.otlp`
+reads the OTEL_* variables); none installs global providers or registries on import.
 """

@@ -5,7 +5,8 @@ start time for the timing ledger.
 Put it outermost, so that its clock starts before body reading, authentication and routing:
 the pipeline then builds `RequestTiming(start=request_start(scope))` and the overhead it
 reports covers the whole request, as a client measures it. Handlers name the matched route and
-tenant in `scope["state"]` (`route`, `tenant`) for the span and the metric labels.
+tenant in `scope["state"]` (`route`, `tenant`) for the span and the metric labels; the
+request id that GatewayMiddleware puts there (`request_id`) goes on the span too.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from proxy.observability.metrics import GatewayMetrics
 STATE_START: Final = "request_start"  # perf_counter() at the first byte of the request
 STATE_ROUTE: Final = "route"
 STATE_TENANT: Final = "tenant"
+STATE_REQUEST_ID: Final = "request_id"  # set by proxy.middleware.GatewayMiddleware
 UNMATCHED_ROUTE: Final = "unmatched"
 
 _TRACE_HEADERS: Final = (b"traceparent", b"tracestate")
@@ -93,6 +95,7 @@ class ObservabilityMiddleware:
             for key, attribute in (
                 (STATE_ROUTE, tracing.ATTR_ROUTE),
                 (STATE_TENANT, tracing.ATTR_TENANT),
+                (STATE_REQUEST_ID, tracing.ATTR_REQUEST_ID),
             ):
                 value = state.get(key)
                 if isinstance(value, str):

@@ -75,6 +75,7 @@ SPAN_GUARD_HOLDBACK: Final = "guard.output.window"  # one per streaming hold-bac
 ATTR_POLICY: Final = "guardline.policy"  # name@hash8
 ATTR_POLICY_HASH: Final = "guardline.policy_hash"  # hash8
 ATTR_TENANT: Final = "guardline.tenant"
+ATTR_REQUEST_ID: Final = "guardline.request_id"  # the x-guardline-request-id of the response
 ATTR_ROUTE: Final = "guardline.route"
 ATTR_STAGE: Final = "guardline.stage"  # input | output
 ATTR_VERDICT: Final = "guardline.verdict"  # safe | unsafe | skipped | degraded

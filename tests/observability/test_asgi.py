@@ -35,6 +35,7 @@ def make_app(tracer: Tracer | None, metrics: GatewayMetrics | None) -> Starlette
     async def chat(request: Request) -> Response:
         request.scope["state"]["route"] = "kids"
         request.scope["state"]["tenant"] = "acme"
+        request.scope["state"]["request_id"] = "0123456789abcdef"
         assert tracer is not None
         with tracer.start_as_current_span(tracing.SPAN_UPSTREAM):
             headers = tracing.inject()
@@ -89,6 +90,7 @@ async def test_server_span_parents_the_handler_spans_and_continues_the_client_tr
     assert attributes["http.response.status_code"] == 200
     assert attributes[tracing.ATTR_ROUTE] == "kids"
     assert attributes[tracing.ATTR_TENANT] == "acme"
+    assert attributes[tracing.ATTR_REQUEST_ID] == "0123456789abcdef"
     upstream = spans["upstream"]
     assert upstream.parent is not None and upstream.parent.span_id == server.context.span_id
     assert reply.json()["sent"]["traceparent"].split("-")[1] == CLIENT_TRACE
