@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -235,6 +235,38 @@ class AuditStore:
         with self._lock:
             rows = self._db.execute(sql, params).fetchall()
         return [_record(row) for row in rows]
+
+    def iter_query(
+        self,
+        since: float | None = None,
+        until: float | None = None,
+        tenant: str | None = None,
+        route: str | None = None,
+        policy: str | None = None,
+        verdict: str | None = None,
+        category: str | None = None,
+        *,
+        stage: str | None = None,
+        disagreement: bool | None = None,
+        batch: int = 1000,
+    ) -> Iterator[AuditRecord]:
+        """Every matching record, oldest first, read `batch` rows at a time (exports of a
+        large trail stay in constant memory). Filters as in `query`."""
+        where, params = _filters(
+            since, until, tenant, route, policy, verdict, category, stage, disagreement
+        )
+        sql = "SELECT * FROM audit"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY time, id"
+        with self._lock:
+            cursor = self._db.execute(sql, params)
+        while True:
+            with self._lock:
+                rows = cursor.fetchmany(batch)
+            if not rows:
+                return
+            yield from (_record(row) for row in rows)
 
     def count(self) -> int:
         with self._lock:

@@ -2,7 +2,8 @@
 
 guardline audit list   [filters] [--limit N]        newest first, as a table
 guardline audit show   ID                            one record as JSON (an id prefix is enough)
-guardline audit export [filters] [--out FILE.jsonl]  JSON lines, oldest first (stdout default)
+guardline audit export [filters] [--out FILE.jsonl]  JSON lines, oldest first (stdout default;
+                                                     streamed, so any size of trail works)
 
 Filters: --since/--until (ISO time, or relative: 30s, 15m, 1h, 2d, 1w), --tenant, --route,
 --policy (a name matches every version; name@hash one), --verdict, --category, --stage,
@@ -16,10 +17,10 @@ import argparse
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final, TextIO
+from typing import BinaryIO, Final, TextIO
 
 import orjson
 
@@ -87,6 +88,21 @@ def run(args: argparse.Namespace) -> int:
     with AuditStore(db, readonly=True) as store:
         if args.audit_command == "show":
             return _show(store, args.id)
+        if args.audit_command == "export" and args.limit is None:
+            return _export(
+                store.iter_query(
+                    since=args.since,
+                    until=args.until,
+                    tenant=args.tenant,
+                    route=args.route,
+                    policy=args.policy,
+                    verdict=args.verdict,
+                    category=args.category,
+                    stage=args.stage,
+                    disagreement=True if args.disagreement else None,
+                ),
+                args.out,
+            )
         records = store.query(
             since=args.since,
             until=args.until,
@@ -102,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     if args.audit_command == "list":
         print_table(records, sys.stdout)
         return 0
-    return _export(records, args.out)
+    return _export(reversed(records), args.out)  # the newest N, written oldest first
 
 
 def _database(args: argparse.Namespace) -> Path | None:
@@ -136,18 +152,24 @@ def _show(store: AuditStore, wanted: str) -> int:
     return 0
 
 
-def _export(records: Sequence[AuditRecord], out: str | None) -> int:
-    lines = b"".join(
-        orjson.dumps(record.to_json_dict(), option=orjson.OPT_APPEND_NEWLINE)
-        for record in reversed(records)  # oldest first, like a log
-    )
+def _export(records: Iterable[AuditRecord], out: str | None) -> int:
+    """JSON lines in the given order (oldest first), written as they are read."""
     if out is None or out == "-":
-        sys.stdout.buffer.write(lines)
-        sys.stdout.flush()
-    else:
-        Path(out).write_bytes(lines)
-        print(f"{len(records)} records written to {out}", file=sys.stderr)
+        _write_lines(records, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        return 0
+    with open(out, "wb") as sink:
+        count = _write_lines(records, sink)
+    print(f"{count} records written to {out}", file=sys.stderr)
     return 0
+
+
+def _write_lines(records: Iterable[AuditRecord], sink: BinaryIO) -> int:
+    count = 0
+    for record in records:
+        sink.write(orjson.dumps(record.to_json_dict(), option=orjson.OPT_APPEND_NEWLINE))
+        count += 1
+    return count
 
 
 _HEADERS: Final = (

@@ -153,3 +153,11 @@ def test_think_mode_verdict_carries_its_reasoning() -> None:
     verdict = make_verdict(think="reasoning here", prompt_label="unsafe", mode="think")
     r = AuditRecord.from_verdict(verdict, GuardRequest(prompt="p"), request_id="r", route="x")
     assert (r.think, r.think_verdict) == ("reasoning here", "unsafe")
+
+
+def test_iter_query_streams_oldest_first(store: AuditStore) -> None:
+    rows = [record(time=NOW + i, tenant="acme" if i % 2 else "globex") for i in range(25)]
+    store.insert_many(rows)
+    assert [r.id for r in store.iter_query(batch=7)] == [r.id for r in rows]
+    acme = [r.id for r in store.iter_query(tenant="acme", since=NOW + 10, batch=4)]
+    assert acme == [r.id for r in rows[10:] if r.tenant == "acme"]
