@@ -1,0 +1,109 @@
+"""Everything observability needs, built once from config.yaml in the app's lifespan.
+
+`build_observability(config)` configures the JSON logs (and registers every secret the config
+holds), the tracer provider (OTEL_* variables), the metrics registry and the audit writer, each
+according to its `enabled` switch, and returns them in one object whose `aclose()` flushes and
+stops them in the right order. Switched-off parts are None (the tracer is a no-op tracer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TextIO
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import NoOpTracer, Tracer
+
+from proxy.config_schema import GatewayConfig
+from proxy.observability import tracing
+from proxy.observability.logs import Redactor, configure_logging
+from proxy.observability.metrics import GatewayMetrics
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk._logs import LoggerProvider
+
+    from proxy.audit.think import ThinkCheck, ThinkScheduler
+    from proxy.audit.writer import AuditWriter
+
+
+@dataclass
+class Observability:
+    tracer: Tracer
+    tracer_provider: TracerProvider | None
+    metrics: GatewayMetrics | None
+    writer: AuditWriter | None
+    log_provider: LoggerProvider | None
+    redactor: Redactor
+
+    def think_scheduler(self, check: ThinkCheck, max_concurrency: int = 2) -> ThinkScheduler | None:
+        """THINK re-checks writing to this audit trail (None when the audit is off)."""
+        if self.writer is None:
+            return None
+        from proxy.audit.think import ThinkScheduler
+
+        return ThinkScheduler(check, self.writer, self.metrics, max_concurrency)
+
+    async def aclose(self, timeout_s: float = 10.0) -> None:
+        """Drain the audit queue, then flush and stop the exporters (off the event loop)."""
+        if self.writer is not None:
+            await asyncio.to_thread(self.writer.close, timeout_s)
+            await asyncio.to_thread(self.writer.store.close)
+        if self.log_provider is not None:
+            await asyncio.to_thread(self.log_provider.shutdown)
+        if self.tracer_provider is not None:
+            await asyncio.to_thread(self.tracer_provider.shutdown)
+
+
+def config_secrets(config: GatewayConfig) -> Iterator[str]:
+    """Every secret value in the config: tenant keys (not their sha256: digests), upstream and
+    guard API keys."""
+    for tenant in config.auth.tenants.values():
+        yield from (key for key in tenant.keys if key and not key.startswith("sha256:"))
+    for upstream in config.upstreams.values():
+        if upstream.api_key:
+            yield upstream.api_key
+    for guard in config.guards.values():
+        api_key = getattr(guard, "api_key", None)
+        if api_key:
+            yield api_key
+
+
+def build_observability(
+    config: GatewayConfig,
+    *,
+    env: Mapping[str, str] | None = None,
+    log_stream: TextIO | None = None,
+    service_name: str = "guardline",
+) -> Observability:
+    """Configure logging, tracing, metrics and audit from `config` and the OTEL_* `env`."""
+    env = os.environ if env is None else env
+    redactor = configure_logging(config.logging.level, stream=log_stream)
+    redactor.register([*config_secrets(config), *tracing.exporter_secrets(env)])
+
+    provider: TracerProvider | None = None
+    tracer: Tracer = NoOpTracer()
+    if config.tracing.enabled:
+        provider = tracing.setup_tracing(service_name=service_name, env=env)
+        tracer = tracing.tracer(provider)
+
+    metrics = GatewayMetrics() if config.metrics.enabled else None
+
+    writer: AuditWriter | None = None
+    log_provider: LoggerProvider | None = None
+    if config.audit.enabled:
+        from proxy.audit.store import AuditStore
+        from proxy.audit.writer import AuditWriter
+
+        otel_logger = None
+        if config.audit.otel_logs:
+            from proxy.audit.otel_logs import audit_logger, setup_audit_logs
+
+            log_provider = setup_audit_logs(service_name=service_name, env=env)
+            otel_logger = audit_logger(log_provider)
+        writer = AuditWriter(
+            AuditStore(config.audit.path), config.audit.queue_size, metrics, otel_logger
+        )
+    return Observability(tracer, provider, metrics, writer, log_provider, redactor)
