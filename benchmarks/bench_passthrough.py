@@ -230,7 +230,8 @@ def run_gateway(config_path: str, port: int) -> None:
     from proxy.config import load_config
 
     config = load_config(config_path)
-    uvicorn.run(create_app(config, moderation=False), **uvicorn_options(config, port=port))
+    app = create_app(config, moderation=False, freeze_gc=True)
+    uvicorn.run(app, **uvicorn_options(config, port=port))
 
 
 def row(name: str, d: list[float], g: list[float], cpu_us: float) -> str:

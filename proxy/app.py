@@ -7,6 +7,7 @@ client per upstream) are built in the lifespan, on the serving event loop, and k
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -128,12 +129,14 @@ def create_app(
     transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
     moderation: bool = False,
     engine: GuardEngine | None = None,
+    freeze_gc: bool = False,
 ) -> Starlette:
     """The gateway app. `transports` (upstream name -> httpx transport) is for tests.
 
     `moderation=True` installs the moderation pipeline (what `guardline serve` runs); False
     serves the bare passthrough (the gateway core's own tests); `engine` replaces the guards
-    built from the config.
+    built from the config. `freeze_gc=True` (what `guardline serve` does) freezes everything
+    that exists once start-up is done out of the garbage collector's reach.
     """
 
     @asynccontextmanager
@@ -145,6 +148,12 @@ def create_app(
                 from proxy.moderation.wiring import install_moderation
 
                 await install_moderation(state, config, engine=engine)
+            if freeze_gc:
+                # Everything built at start-up lives as long as the process: move it out of
+                # the collector's sight, so that no collection on the request path has to
+                # walk the imported libraries and models (tens of ms on a small machine).
+                gc.collect()
+                gc.freeze()
             yield
         finally:
             await state.aclose()
@@ -164,4 +173,4 @@ def app_from_env() -> Starlette:
     """Factory for `uvicorn --factory` (multi-worker serve): config path from GUARDLINE_CONFIG."""
     from proxy.config import load_config
 
-    return create_app(load_config(os.environ[CONFIG_ENV]), moderation=True)
+    return create_app(load_config(os.environ[CONFIG_ENV]), moderation=True, freeze_gc=True)

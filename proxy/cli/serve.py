@@ -88,5 +88,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         from proxy.app import create_app
 
-        uvicorn.run(create_app(config, moderation=True), **options)
+        uvicorn.run(create_app(config, moderation=True, freeze_gc=True), **options)
     return 0
