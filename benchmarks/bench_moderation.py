@@ -9,15 +9,21 @@ the upstream double directly and the same request through the gateway, so both s
 same machine load. "added" = gateway percentile - direct percentile.
 
 Scenarios (targets from issue 4; G = the guard double's fixed latency):
+  pass        no checks at all: the gateway's own floor          baseline
   serial      input check, then upstream; output off            added p50 <= G + 1 ms
   parallel    input check beside the upstream call (G < 100 ms) added p50 <= 1 ms
+  stream-pass stream, no checks                                  baseline
   hb-burst    stream, hold-back output check, input off; the    TTFT added p50 <= G + 2 ms
               whole answer arrives at once (first window complete with the first token)
-  hb-paced    stream, 40 chunks 10 ms apart, holdback_chars 100 TTFT - (direct time the
-              (the first window completes ~150 ms after the     window was complete)
+  hb-paced    stream, 40 chunks 5 ms apart, holdback_chars 100  TTFT - (direct time the
+              (the first window completes ~75 ms after the      window was complete)
               first token: hold-back cannot release before it)  p50 <= G + 2 ms
+  paced-pass  the same paced stream, no checks                  baseline
   hb-both     hb-burst with the serial input check on           reported
   full        input + output, non-streaming                     reported
+"residual" = added (hb-paced: after the window) minus the bare guard round trip times the
+guard calls on the path: what the gateway itself costs. "gateway CPU ms/req" = the gateway
+process's user+system CPU time over the measured requests, divided by their number.
 Prompts are unique per request (verdict cache cold); the `-warm` rows repeat one prompt, so
 after warm-up every guard verdict comes from the gateway's verdict cache.
 
@@ -45,7 +51,14 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from moderation_client import Sample, Series, chat, chat_stream, server_timing
+from moderation_client import (
+    Sample,
+    Series,
+    chat,
+    chat_stream,
+    guard_round_trip,
+    server_timing,
+)
 from moderation_procs import ROOT, Child, gateway, guard_double, upstream_double
 
 UPSTREAM_DELAY_MS = 100
@@ -63,7 +76,7 @@ SHAPES: dict[str, dict[str, str]] = {
     "paced": {
         "x-double-delay-ms": str(UPSTREAM_DELAY_MS),
         "x-double-chunks": "40",
-        "x-double-chunk-delay-ms": "10",
+        "x-double-chunk-delay-ms": "5",
     },
 }
 OFF: dict[str, Any] = {"enabled": False}
@@ -78,6 +91,8 @@ class Scenario:
     target: str
     met: Callable[[Result, float], bool] | None = None
     warm: bool = False
+    guard_calls: int = 0  # guard round trips on the measured path (for the residual)
+    share: float = 1.0  # fraction of --requests (long streams take several times longer)
 
     @property
     def stream(self) -> bool:
@@ -121,11 +136,15 @@ def _window_met(r: Result, g: float) -> bool:
 
 
 HOLDBACK = {"enabled": True, "stream": "holdback", "holdback_chars": 400}
+SERIAL: dict[str, Any] = {"parallel": False}
+FULL: dict[str, Any] = {"enabled": True}
 SCENARIOS = [
-    Scenario("serial", "json", {"parallel": False}, OFF, "added p50 <= G+1", _serial_met),
-    Scenario("serial-warm", "json", {"parallel": False}, OFF, "cache-warm", warm=True),
+    Scenario("pass", "json", OFF, OFF, "baseline: no checks"),
+    Scenario("serial", "json", SERIAL, OFF, "added p50 <= G+1", _serial_met, guard_calls=1),
+    Scenario("serial-warm", "json", SERIAL, OFF, "cache-warm", warm=True),
     Scenario("parallel", "json", {"parallel": True}, OFF, "added p50 <= 1", _parallel_met),
-    Scenario("hb-burst", "burst", OFF, HOLDBACK, "TTFT added p50 <= G+2", _ttft_met),
+    Scenario("stream-pass", "burst", OFF, OFF, "baseline: no checks"),
+    Scenario("hb-burst", "burst", OFF, HOLDBACK, "TTFT added p50 <= G+2", _ttft_met, guard_calls=1),
     Scenario(
         "hb-paced",
         "paced",
@@ -133,10 +152,13 @@ SCENARIOS = [
         {**HOLDBACK, "holdback_chars": 100},
         "TTFT - window p50 <= G+2",
         _window_met,
+        guard_calls=1,
+        share=0.5,
     ),
-    Scenario("hb-both", "burst", {"parallel": False}, HOLDBACK, "reported"),
-    Scenario("full", "json", {"parallel": False}, {"enabled": True}, "reported"),
-    Scenario("full-warm", "json", {"parallel": False}, {"enabled": True}, "cache-warm", warm=True),
+    Scenario("paced-pass", "paced", OFF, OFF, "baseline: no checks", share=0.5),
+    Scenario("hb-both", "burst", SERIAL, HOLDBACK, "reported", guard_calls=2),
+    Scenario("full", "json", SERIAL, FULL, "reported", guard_calls=2),
+    Scenario("full-warm", "json", SERIAL, FULL, "cache-warm", warm=True),
 ]
 
 
@@ -196,6 +218,7 @@ def run_scenario(
 ) -> Result:
     result = Result(s, guard_ms)
     run = uuid.uuid4().hex[:8]
+    requests = max(1, round(requests * s.share))
     headers = {**SHAPES[s.shape], "content-type": "application/json"}
     direct_chat = f"{upstream.url}/v1/chat/completions"
     gateway_chat = f"{gateway_proc.url}/{s.name}/v1/chat/completions"
@@ -235,12 +258,16 @@ def _f(value: float) -> str:
     return f"{value:.1f}"
 
 
-def table(results: list[Result]) -> str:
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def table(results: list[Result], rtt: dict[float, Series]) -> str:
     head = (
         "| scenario | G ms | n | direct p50 | gateway p50 / p90 / p99 | added p50 / p90 / p99 "
-        "| paired Δ p50 | guard-in / guard-out / overhead p50 | gateway CPU ms/req "
-        "| target | met |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
+        "| paired Δ p50 | residual p50 | guard-in / guard-out / overhead p50 "
+        "| gateway CPU ms/req | target | met: G nominal / G = guard RTT p50 |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
     )
     lines = [head]
     for r in results:
@@ -250,20 +277,39 @@ def table(results: list[Result]) -> str:
             _f(r.timing[k].p50) if k in r.timing else "-"
             for k in ("guard-input", "guard-output", "overhead")
         )
-        met = "-" if s.met is None else ("yes" if s.met(r, r.guard_ms) else "**no**")
+        measured = rtt[r.guard_ms].p50
+        met = "-" if s.met is None else f"{_yes(s.met(r, r.guard_ms))} / {_yes(s.met(r, measured))}"
         metric = "TTFT " if s.stream else ""
+        # What is left of "added" once the guard round trips on the path are taken out.
+        holdback = s.stream and bool(s.output.get("enabled"))
+        base = r.after_window.p50 if s.shape == "paced" and holdback else r.added("p50")
+        residual = base - s.guard_calls * rtt[r.guard_ms].p50
         lines.append(
             f"| {s.name} | {r.guard_ms:g} | {len(g.values)} | {metric}{_f(r.direct.p50)} "
             f"| {_f(g.p50)} / {_f(g.p90)} / {_f(g.p99)} "
             f"| {_f(r.added('p50'))} / {_f(r.added('p90'))} / {_f(r.added('p99'))} "
-            f"| {_f(r.paired.p50)} | {timing} | {r.gateway_cpu_ms:.2f} | {s.target} | {met} |"
+            f"| {_f(r.paired.p50)} | {_f(residual)} | {timing} | {r.gateway_cpu_ms:.2f} "
+            f"| {s.target} | {met} |"
         )
         if r.after_window.values:
             w = r.after_window
             lines.append(
                 f"| ↳ {s.name}: gateway TTFT - direct window | {r.guard_ms:g} | {len(w.values)} "
-                f"| | | {_f(w.p50)} / {_f(w.p90)} / {_f(w.p99)} | | | | | |"
+                f"| | | {_f(w.p50)} / {_f(w.p90)} / {_f(w.p99)} | | | | | | |"
             )
+    return "\n".join(lines)
+
+
+def rtt_table(rtt: dict[float, Series]) -> str:
+    lines = [
+        "| guard double G ms | n | bare round trip p50 / p90 / p99 ms |",
+        "|---:|---:|---:|",
+    ]
+    for g, series in rtt.items():
+        lines.append(
+            f"| {g:g} | {len(series.values)} "
+            f"| {_f(series.p50)} / {_f(series.p90)} / {_f(series.p99)} |"
+        )
     return "\n".join(lines)
 
 
@@ -304,6 +350,7 @@ def main() -> int:
     load_before = os.getloadavg()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results: list[Result] = []
+    rtt: dict[float, Series] = {}
     with upstream_double() as upstream, tempfile.TemporaryDirectory() as tmp:
         for guard_ms in args.guard_ms:
             directory = Path(tmp) / f"g{guard_ms:g}"
@@ -311,19 +358,22 @@ def main() -> int:
             log_path = directory / "gateway.log"
             with guard_double(guard_ms) as guard, log_path.open("wb") as log:
                 config = write_config(directory, guard.url, upstream.url)
+                rtt[guard_ms] = guard_round_trip(guard.url, PROMPT, args.requests, args.warmup)
+                print(rtt_table({guard_ms: rtt[guard_ms]}).splitlines()[-1], flush=True)
                 with gateway(config, log) as gw:
                     for s in scenarios:
                         r = run_scenario(s, guard_ms, upstream, gw, args.requests, args.warmup)
                         results.append(r)
-                        print(table([r]).splitlines()[-1 - bool(r.after_window.values)])
-                        sys.stdout.flush()
+                        row = table([r], rtt).splitlines()[2]
+                        print(row, flush=True)
     load_after = os.getloadavg()
-    out = table(results)
+    out = f"{rtt_table(rtt)}\n\n{table(results, rtt)}"
     argv = " ".join(sys.argv[1:])
     command = f".venv/bin/python benchmarks/bench_moderation.py {argv}".strip()
     machine = (
         f"Measured {started} on {os.cpu_count()} cores; load average "
-        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after. {args.note}".strip()
+        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after; benchmark processes at nice "
+        f"{os.nice(0)}. {args.note}".strip()
     )
     block = f"Command: `{command}`\n\n{machine}\n\n{out}\n\n{verdict_notes(results)}"
     print()

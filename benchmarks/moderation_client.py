@@ -82,6 +82,32 @@ def chat_stream(
     )
 
 
+def guard_round_trip(url: str, prompt: str, requests: int, warmup: int) -> Series:
+    """Bare sequential POSTs of a Nemotron input-check body to the guard: its latency as any
+    client sees it (the double's fixed delay plus HTTP and its own handling)."""
+    body = orjson.dumps(
+        {
+            "model": "nvidia/Nemotron-3.5-Content-Safety",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": prompt}]}],
+            "chat_template_kwargs": {"request_categories": "/categories"},
+            "max_tokens": 64,
+            "temperature": 0.0,
+        }
+    )
+    series = Series()
+    headers = {"content-type": "application/json"}
+    with httpx.Client(timeout=30) as client:
+        for i in range(warmup + requests):
+            start = perf_counter()
+            response = client.post(f"{url}/v1/chat/completions", content=body, headers=headers)
+            response.read()
+            if response.status_code != 200:
+                raise RuntimeError(f"guard double answered {response.status_code}")
+            if i >= warmup:
+                series.add((perf_counter() - start) * MS)
+    return series
+
+
 def pct(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..1) of a non-empty list."""
     ordered = sorted(values)
