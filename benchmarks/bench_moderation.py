@@ -244,7 +244,7 @@ def run_scenario(
             result.direct.add(dv)
             result.gateway.add(gv)
             result.paired.add(gv - dv)
-            if s.stream and d.window_ms is not None:
+            if s.stream and s.output.get("enabled") and d.window_ms is not None:
                 result.after_window.add(gv - d.window_ms)
             verdict = f"{g.headers.get('x-guardline-input')}/{g.headers.get('x-guardline-output')}"
             result.verdicts[verdict] += 1
