@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from proxy.config_schema import RouteConfig
 from proxy.request_body import ChatBody
@@ -28,6 +28,11 @@ class ChatCall:
     body: ChatBody
     headers: RawHeaders  # the client's request headers, names lower-case (ASGI)
     request_id: str
+    # perf_counter() when the request's first byte arrived (the ObservabilityMiddleware's
+    # clock), so that the timing ledger covers body reading, auth and routing too.
+    started: float | None = None
+    # The ASGI scope's per-request state, shared with the middlewares (request log, span).
+    scope_state: dict[str, Any] | None = None
 
 
 ChatService = Callable[["GatewayState", ChatCall], Awaitable[UpstreamReply]]

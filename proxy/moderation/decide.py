@@ -29,6 +29,8 @@ class StageResult:
     verdict: Verdict | None = None
     degraded_reason: str | None = None  # timeout | unavailable | unparseable (+ "fallback")
     guard_ms: float = 0.0
+    # What was checked (the audit record's content hash and THINK re-check need it).
+    request: GuardRequest | None = None
 
     @property
     def flagged(self) -> bool:
@@ -43,7 +45,9 @@ def skipped(stage: Stage) -> StageResult:
     return StageResult(stage=stage, status="skipped")
 
 
-def _result(verdict: Verdict, *, reason: str | None = None) -> StageResult:
+def _result(
+    verdict: Verdict, *, reason: str | None = None, request: GuardRequest | None = None
+) -> StageResult:
     if verdict.flagged:
         status: StageStatus = "unsafe"
     else:
@@ -54,6 +58,7 @@ def _result(verdict: Verdict, *, reason: str | None = None) -> StageResult:
         verdict=verdict,
         degraded_reason=reason,
         guard_ms=verdict.latency_ms,
+        request=request,
     )
 
 
@@ -67,17 +72,27 @@ async def judge(
 ) -> StageResult:
     """Check `request` and apply `on_guard_error`; raises GuardUnavailableError when closed."""
     try:
-        return _result(await engine.check(request, policy, headers=headers, mode=mode))
+        verdict = await engine.check(request, policy, headers=headers, mode=mode)
+        return _result(verdict, request=request)
     except GuardError as exc:
         failure = exc
     if policy.on_guard_error == "open":
-        return StageResult(stage=request.stage, status="degraded", degraded_reason=failure.reason)
+        return StageResult(
+            stage=request.stage,
+            status="degraded",
+            degraded_reason=failure.reason,
+            request=request,
+        )
     if policy.on_guard_error == "fallback":
         try:
-            verdict = await engine.check(request, policy, guard=FALLBACK_GUARD, mode="binary")
+            verdict = await engine.check(
+                request, policy, guard=FALLBACK_GUARD, mode="binary", headers=headers
+            )
         except GuardError as fallback_failure:
             raise _unavailable(failure, fallback=fallback_failure) from None
-        return _result(replace(verdict, degraded=True), reason=f"fallback:{failure.reason}")
+        return _result(
+            replace(verdict, degraded=True), reason=f"fallback:{failure.reason}", request=request
+        )
     raise _unavailable(failure) from None
 
 

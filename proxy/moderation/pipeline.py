@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -39,7 +40,9 @@ from proxy.moderation.decide import StageResult, judge, skipped
 from proxy.moderation.extract import extract_output
 from proxy.moderation.headers import Decisions
 from proxy.moderation.inputs import prepare_input
+from proxy.moderation.spans import ModerationSpans
 from proxy.observability.timing import Kind, RequestTiming
+from proxy.observability.tracing import SPAN_GUARD_HOLDBACK
 from proxy.streaming.holdback import moderate_stream
 from proxy.streaming.outcome import StreamOutcome
 from proxy.upstreams.reply import UpstreamReply
@@ -64,12 +67,15 @@ class ModerationPipeline:
         tracer: Tracer | None = None,
         on_finished: Finished | None = None,
         on_shadow: ShadowHook | None = None,
+        record_content: bool = False,
     ) -> None:
         self.engine = engine
         self.policies = policies
         self.fetcher = fetcher
         self._forward = forward
         self._tracer = tracer or NoOpTracer()
+        # Guard and upstream spans, trace context to the guard and the upstream, timing.
+        self._spans = ModerationSpans(self._tracer, record_content=record_content)
         self._on_finished = on_finished
         self._on_shadow = on_shadow
         # Background work (shadow checks, monitor-mode settling), kept referenced until done.
@@ -78,7 +84,7 @@ class ModerationPipeline:
         self.shadow_counts: dict[tuple[str, str, str], list[int]] = {}
 
     async def __call__(self, state: GatewayState, call: ChatCall) -> UpstreamReply:
-        timing = RequestTiming()
+        timing = RequestTiming(start=call.started)
         policy = self.policies.get(call.route.policy)
         decisions = Decisions(policy=policy)
         try:
@@ -130,15 +136,23 @@ class ModerationPipeline:
     async def _call_upstream(
         self, state: GatewayState, call: ChatCall, timing: RequestTiming
     ) -> UpstreamReply:
-        with self._tracer.start_as_current_span("upstream"), timing.measure("upstream"):
-            return await self._forward(state, call)
+        return await self._spans.upstream(self._forward, state, call, timing)
 
     async def _judge(
-        self, stage: Stage, request: GuardRequest, policy: CompiledPolicy, timing: RequestTiming
+        self,
+        stage: Stage,
+        request: GuardRequest,
+        policy: CompiledPolicy,
+        timing: RequestTiming,
+        *,
+        span: str | None = None,
+        index: int | None = None,
     ) -> StageResult:
         kind: Kind = "guard-input" if stage == "input" else "guard-output"
-        with self._tracer.start_as_current_span(f"guard.{stage}"), timing.measure(kind):
-            return await judge(self.engine, request, policy)
+        name = span or f"guard.{stage}"
+        return await self._spans.judge(
+            name, self.engine, request, policy, timing, kind, index=index
+        )
 
     async def _block_input(
         self,
@@ -192,7 +206,9 @@ class ModerationPipeline:
         outcome = StreamOutcome()
         decisions.output_label = policy.output.stream
         reply.headers.extend(decisions.headers(timing.server_timing()))
-        check = self._stream_check(policy, prompt, timing)
+        upstream_stream = reply.stream
+        self._spans.defer_stream_end(upstream_stream)  # ended with the stream's usage
+        check = self._stream_check(policy, prompt, timing, decisions)
         moderated = moderate_stream(
             reply.stream,
             mode=policy.output.stream,
@@ -201,7 +217,9 @@ class ModerationPipeline:
             refusal=policy.on_block.refusal,
             outcome=outcome,
         )
-        reply.stream = self._stream_finished(call, decisions, timing, outcome, moderated)
+        reply.stream = self._stream_finished(
+            call, decisions, timing, outcome, moderated, upstream_stream
+        )
         return reply
 
     async def _check_body(
@@ -238,13 +256,25 @@ class ModerationPipeline:
         return reply
 
     def _stream_check(
-        self, policy: CompiledPolicy, prompt: GuardRequest, timing: RequestTiming
+        self,
+        policy: CompiledPolicy,
+        prompt: GuardRequest,
+        timing: RequestTiming,
+        decisions: Decisions,
     ) -> Callable[[str], Awaitable[Verdict]]:
+        windows = itertools.count()
+
         async def check(text: str) -> Verdict:
-            result = await self._judge("output", replace(prompt, response=text), policy, timing)
-            if result.verdict is None:  # on_guard_error: open
-                return _unchecked(policy, result)
-            return result.verdict
+            request = replace(prompt, response=text)
+            result = await self._judge(
+                "output", request, policy, timing, span=SPAN_GUARD_HOLDBACK, index=next(windows)
+            )
+            verdict = result.verdict
+            if verdict is None:  # on_guard_error: open
+                verdict = _unchecked(policy, result)
+                result = replace(result, verdict=verdict)
+            decisions.stream_checks.append(result)
+            return verdict
 
         return check
 
@@ -255,6 +285,7 @@ class ModerationPipeline:
         timing: RequestTiming,
         outcome: StreamOutcome,
         stream: AsyncIterator[bytes],
+        upstream: AsyncIterator[bytes] | None = None,
     ) -> AsyncIterator[bytes]:
         try:
             async for chunk in stream:
@@ -262,6 +293,7 @@ class ModerationPipeline:
         finally:
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
+            self._spans.stream_done(upstream, outcome)
             timing.finish()
             if outcome.background is None:
                 self._stream_done(call, decisions, timing, outcome)
@@ -280,7 +312,7 @@ class ModerationPipeline:
     def _stream_done(
         self, call: ChatCall, decisions: Decisions, timing: RequestTiming, outcome: StreamOutcome
     ) -> None:
-        decisions.output = _stream_result(outcome)
+        decisions.output = _with_request(_stream_result(outcome), decisions.stream_checks)
         self._finished(call, decisions, timing, outcome)
 
     def _shadow(
@@ -370,6 +402,14 @@ def _stream_result(outcome: StreamOutcome) -> StageResult:
         verdict=last,
         guard_ms=outcome.guard_ms,
     )
+
+
+def _with_request(result: StageResult, checks: list[StageResult]) -> StageResult:
+    """The stream's decision with the request its verdict judged (the last one if none)."""
+    for check in reversed(checks):
+        if result.verdict is None or check.verdict is result.verdict:
+            return replace(result, request=check.request)
+    return result
 
 
 async def _iterate(events: list[bytes]) -> AsyncIterator[bytes]:
