@@ -228,3 +228,22 @@ async def test_large_bodies_both_ways() -> None:
         transport = H1Transport()
         assert await call(transport, post(url, big)) == (200, big)
         await transport.aclose()
+
+
+async def test_streamed_request_body_is_sent_in_parts() -> None:
+    async def parts() -> AsyncIterator[bytes]:
+        yield b'{"a":'
+        yield b"1}"
+
+    async with serve(keep_alive) as (state, url):
+        transport = H1Transport()
+        request = httpx.Request(
+            "POST",
+            url,
+            content=parts(),
+            headers={"content-length": "7"},
+            extensions={"timeout": {"read": 5.0, "write": 5.0, "connect": 5.0, "pool": 5.0}},
+        )
+        assert await call(transport, request) == (200, b"{}")
+        await transport.aclose()
+    assert state.requests[0].endswith(b'\r\n\r\n{"a":1}')
