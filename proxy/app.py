@@ -10,9 +10,9 @@ from __future__ import annotations
 import gc
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from starlette.applications import Starlette
@@ -35,6 +35,9 @@ from proxy.routing import Router
 from proxy.state import GatewayState, ReadinessProbe
 from proxy.upstreams.openai_upstream import OpenAIUpstream
 from proxy.upstreams.reply import ChatUpstream
+
+if TYPE_CHECKING:
+    from proxy.observability.setup import Observability
 
 CONFIG_ENV = "GUARDLINE_CONFIG"
 
@@ -130,6 +133,7 @@ def create_app(
     moderation: bool = False,
     engine: GuardEngine | None = None,
     freeze_gc: bool = False,
+    observability: Observability | None = None,
 ) -> Starlette:
     """The gateway app. `transports` (upstream name -> httpx transport) is for tests.
 
@@ -137,14 +141,32 @@ def create_app(
     serves the bare passthrough (the gateway core's own tests); `engine` replaces the guards
     built from the config. `freeze_gc=True` (what `guardline serve` does) freezes everything
     that exists once start-up is done out of the garbage collector's reach.
+
+    Observability (logs, traces, metrics at /metrics, audit) is built from the config's
+    switches when moderation is on; `observability` passes a prebuilt one (tests inject an
+    in-memory span processor and a log stream through `build_observability`).
     """
+    obs = observability
+    if obs is None and moderation:
+        from proxy.observability.setup import build_observability
+
+        obs = build_observability(config)
+    before_scrape: list[Callable[[], None]] = []
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state = build_state(config, transports=transports)
         app.state.gateway = state
         try:
-            if moderation:
+            if obs is not None:
+                state.closers.append(obs.aclose)  # runs last: drains audit, flushes exporters
+            if moderation and obs is not None:
+                from proxy.observability.wiring import install_observed_moderation
+
+                await install_observed_moderation(
+                    state, config, obs, engine=engine, before_scrape=before_scrape
+                )
+            elif moderation:
                 from proxy.moderation.wiring import install_moderation
 
                 await install_moderation(state, config, engine=engine)
@@ -158,12 +180,20 @@ def create_app(
         finally:
             await state.aclose()
 
+    routes = _routes(config)
+    middleware = [Middleware(GatewayMiddleware, max_body_bytes=config.server.max_body_bytes)]
+    if obs is not None:
+        from proxy.observability import wiring
+
+        routes.extend(wiring.routes(obs, before_scrape))
+        middleware = [*wiring.middleware(obs), *middleware]  # outermost first
     app = Starlette(
-        routes=_routes(config),
-        middleware=[Middleware(GatewayMiddleware, max_body_bytes=config.server.max_body_bytes)],
+        routes=routes,
+        middleware=middleware,
         exception_handlers={HTTPException: _http_exception},
         lifespan=lifespan,
     )
+    app.state.observability = obs
     # An API answers the path it was asked for; no redirects to a trailing-slash variant.
     app.router.redirect_slashes = False
     return app

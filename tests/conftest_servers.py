@@ -26,6 +26,7 @@ def run_server(app: ASGIApp) -> Iterator[str]:
         http="httptools",
         lifespan="on",
         log_level="warning",
+        log_config=None,  # like `guardline serve`: the app's logging (redacted) stays in force
         access_log=False,
         server_header=False,
         date_header=False,

@@ -51,6 +51,9 @@ def uvicorn_options(
         "http": "httptools",
         "lifespan": "on",
         "log_level": log_level or config.logging.level,
+        # Keep the JSON logging (and its secret redaction) that the app configured: uvicorn's
+        # default log config would give its loggers handlers of their own again.
+        "log_config": None,
         # One line per request is the gateway's own request log, not uvicorn's access log.
         "access_log": False,
         # The upstream's Server and Date headers are relayed; the gateway adds none of its own.

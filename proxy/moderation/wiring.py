@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
+
+from opentelemetry.trace import Tracer
 
 from guard_engine.backends.embedded import EmbeddedBackend
 from guard_engine.engine import GuardEngine
@@ -19,10 +22,13 @@ from guard_engine.policy.compiled import CompiledPolicy
 from guard_engine.policy.store import PolicyStore
 from proxy.config_schema import GatewayConfig
 from proxy.guards import FALLBACK_GUARD, build_engine
-from proxy.moderation.pipeline import Finished, ModerationPipeline
+from proxy.moderation.pipeline import Finished, ModerationPipeline, ShadowHook
 from proxy.state import GatewayState
 
 log = logging.getLogger("guardline.moderation")
+
+# PolicyStore's on_reload: (path, the new policy or None, the error or None).
+ReloadHook = Callable[[str, CompiledPolicy | None, str | None], None]
 
 
 def referenced_guards(config: GatewayConfig, store: PolicyStore) -> set[str]:
@@ -41,16 +47,26 @@ async def install_moderation(
     engine: GuardEngine | None = None,
     on_finished: Finished | None = None,
     watch_policies: bool = True,
+    tracer: Tracer | None = None,
+    on_shadow: ShadowHook | None = None,
+    on_reload: ReloadHook | None = None,
+    record_content: bool = False,
 ) -> ModerationPipeline:
     engine = engine or build_engine(config)
     store = PolicyStore(
         [route.policy for route in config.routes],
         known_guards=[g for g in engine.guards if g != FALLBACK_GUARD],
-        on_reload=_log_reload,
+        on_reload=_log_reload if on_reload is None else _logged(on_reload),
     )
     fetcher = ImageFetcher()
     pipeline = ModerationPipeline(
-        engine=engine, policies=store, fetcher=fetcher, on_finished=on_finished
+        engine=engine,
+        policies=store,
+        fetcher=fetcher,
+        tracer=tracer,
+        on_finished=on_finished,
+        on_shadow=on_shadow,
+        record_content=record_content,
     )
     state.chat_service = pipeline
     state.moderation = pipeline
@@ -113,3 +129,11 @@ def _log_reload(path: str, policy: CompiledPolicy | None, error: str | None) -> 
         log.info("policy reloaded: %s -> %s", path, policy.ref)
     else:
         log.error("policy edit rejected, last good version keeps serving: %s", error)
+
+
+def _logged(hook: ReloadHook) -> ReloadHook:
+    def on_reload(path: str, policy: CompiledPolicy | None, error: str | None) -> None:
+        _log_reload(path, policy, error)
+        hook(path, policy, error)
+
+    return on_reload

@@ -124,6 +124,13 @@ class GatewayMetrics:
             ["policy"],
             registry=r,
         )
+        self.shadow_checks = Counter(
+            f"{p}_shadow_checks",
+            "Shadow policy decisions compared with the enforced ones, by result "
+            "(agree, disagree, error)",
+            ["policy", "shadow", "stage", "result"],
+            registry=r,
+        )
         self.policy_reload = Counter(
             f"{p}_policy_reload",
             "Policy hot reloads by result (ok, error)",
@@ -177,6 +184,10 @@ class GatewayMetrics:
         self._children.get(self.think_checks, policy, result).inc()
         if result == "disagree":
             self._children.get(self.think_disagreements, policy).inc()
+
+    def observe_shadow(self, policy: str, shadow: str, stage: str, result: str) -> None:
+        """One shadow comparison; `result="disagree"` counts the shadow disagreements."""
+        self._children.get(self.shadow_checks, policy, shadow, stage, result).inc()
 
     def observe_policy_reload(self, result: Literal["ok", "error"]) -> None:
         self._children.get(self.policy_reload, result).inc()

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.trace import NoOpTracer, Tracer
 
 from proxy.config_schema import GatewayConfig
@@ -77,8 +77,11 @@ def build_observability(
     env: Mapping[str, str] | None = None,
     log_stream: TextIO | None = None,
     service_name: str = "guardline",
+    span_processor: SpanProcessor | None = None,
 ) -> Observability:
-    """Configure logging, tracing, metrics and audit from `config` and the OTEL_* `env`."""
+    """Configure logging, tracing, metrics and audit from `config` and the OTEL_* `env`.
+
+    `span_processor` is added beside the configured exporters (tests: an in-memory one)."""
     env = os.environ if env is None else env
     redactor = configure_logging(config.logging.level, stream=log_stream)
     redactor.register([*config_secrets(config), *tracing.exporter_secrets(env)])
@@ -86,7 +89,9 @@ def build_observability(
     provider: TracerProvider | None = None
     tracer: Tracer = NoOpTracer()
     if config.tracing.enabled:
-        provider = tracing.setup_tracing(service_name=service_name, env=env)
+        provider = tracing.setup_tracing(
+            service_name=service_name, env=env, span_processor=span_processor
+        )
         tracer = tracing.tracer(provider)
 
     metrics = GatewayMetrics() if config.metrics.enabled else None
