@@ -171,11 +171,12 @@ class ModerationSpans:
         index: int | None = None,
     ) -> StageResult:
         """One guard decision in its own span; the guard gets this span's traceparent."""
-        with self.tracer.start_as_current_span(name) as span, timing.measure(kind):
-            headers = tracing.inject()
-            result = await judge(engine, request, policy, headers=headers or None)
-        if span.is_recording():
-            self._annotate(span, result, policy, request, index)
+        with self.tracer.start_as_current_span(name) as span:
+            with timing.measure(kind):
+                headers = tracing.inject()
+                result = await judge(engine, request, policy, headers=headers or None)
+            if span.is_recording():
+                self._annotate(span, result, policy, request, index)
         return result
 
     def _annotate(
