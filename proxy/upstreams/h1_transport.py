@@ -9,8 +9,7 @@ client, its timeouts and the exceptions it raises are httpx's own, and tests can
 in `httpx.MockTransport`.
 
 Behaviour that matters to the proxy:
-- a response body is streamed as it arrives (flow-controlled: reading pauses while more than
-  `_HIGH_WATER` bytes wait for the consumer);
+- a response body is streamed as it arrives (flow-controlled, see `h1_connection`);
 - closing a response before its end closes the connection, which is how the upstream learns
   at once that the client went away;
 - a connection goes back to the pool only after a complete response that allows keep-alive,
@@ -25,197 +24,22 @@ import collections
 import ssl
 import time
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
-import httptools
 import httpx
 
-_HIGH_WATER = 256 * 1024
+from proxy.upstreams.h1_connection import Connection, wait_for
+
 _Key = tuple[str, str, int]
-
-
-class _Connection(asyncio.Protocol):
-    """One TCP (or TLS) connection and the response currently being read on it."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.idle_since = 0.0
-        self._parser = httptools.HttpResponseParser(self)
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._head: asyncio.Future[None] | None = None
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._buffered = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self._complete = False
-        self._error: Exception | None = None
-        self._write_paused = False
-        self._drain: asyncio.Future[None] | None = None
-        self._reading_paused = False
-        self._status = 0
-        self.keep_alive = False
-
-    # -- asyncio.Protocol -------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(httpx.RemoteProtocolError(f"invalid HTTP response: {exc}"))
-            self.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if not self._complete:
-            if self._head is not None and not self._head.done():
-                message = "Server disconnected without sending a response."
-                self._fail(httpx.RemoteProtocolError(message))
-            else:
-                self._fail(httpx.RemoteProtocolError("peer closed connection mid-body"))
-        self._wake_drain()
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        self._wake_drain()
-
-    # -- httptools callbacks ----------------------------------------------------------------
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        # Read the parser's state inside its callbacks: once a whole message is parsed it
-        # resets for the next one, and asking afterwards gives the wrong answers.
-        self._status = self._parser.get_status_code()
-        self.keep_alive = self._parser.should_keep_alive()
-        if self._head is not None and not self._head.done():
-            self._head.set_result(None)
-
-    def on_body(self, body: bytes) -> None:
-        self._chunks.append(body)
-        self._buffered += len(body)
-        if self._buffered > _HIGH_WATER and self.transport is not None:
-            self.transport.pause_reading()
-            self._reading_paused = True
-        self._wake()
-
-    def on_message_complete(self) -> None:
-        self.keep_alive = self.keep_alive and self._parser.should_keep_alive()
-        self._complete = True
-        self._wake()
-
-    # -- used by the transport ---------------------------------------------------------------
-
-    def start(self) -> asyncio.Future[None]:
-        """Reset for a new request; the returned future resolves when the head arrived."""
-        self._parser = httptools.HttpResponseParser(self)
-        self._headers = []
-        self._chunks.clear()
-        self._buffered = 0
-        self._complete = False
-        self._error = None
-        self._status = 0
-        self.keep_alive = False
-        self._head = self.loop.create_future()
-        return self._head
-
-    def response_head(self) -> tuple[int, list[tuple[bytes, bytes]]]:
-        return self._status, self._headers
-
-    async def drain(self, limit: float | None) -> None:
-        if not self._write_paused or self.closed:
-            return
-        self._drain = self.loop.create_future()
-        await _wait(self._drain, limit, httpx.WriteTimeout, "timed out writing the request")
-
-    async def next_chunk(self, limit: float | None) -> bytes | None:
-        """The next body bytes, or None at the end of the response."""
-        while True:
-            if self._chunks:
-                chunk = self._chunks.popleft()
-                self._buffered -= len(chunk)
-                if self._reading_paused and self._buffered <= _HIGH_WATER // 2:
-                    self._reading_paused = False
-                    if self.transport is not None:
-                        self.transport.resume_reading()
-                return chunk
-            if self._complete:
-                return None
-            if self._error is not None:
-                raise self._error
-            self._waiter = self.loop.create_future()
-            await _wait(self._waiter, limit, httpx.ReadTimeout, "timed out reading the response")
-
-    @property
-    def complete(self) -> bool:
-        return self._complete
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
-
-    def abort(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.abort()
-
-    def _fail(self, exc: Exception) -> None:
-        self._error = exc
-        if self._head is not None and not self._head.done():
-            self._head.set_exception(exc)
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _wake_drain(self) -> None:
-        drain, self._drain = self._drain, None
-        if drain is not None and not drain.done():
-            drain.set_result(None)
-
-
-async def _wait(
-    future: asyncio.Future[None],
-    limit: float | None,
-    error: type[httpx.TimeoutException],
-    message: str,
-) -> None:
-    """Await `future`, failing it with `error` after `limit` seconds (a timer, no task)."""
-    if limit is None:
-        await future
-        return
-
-    def expire() -> None:
-        if not future.done():
-            future.set_exception(error(message))
-
-    handle = future.get_loop().call_later(limit, expire)
-    try:
-        await future
-    finally:
-        handle.cancel()
 
 
 class _Body(httpx.AsyncByteStream):
     """A response body read straight off its connection; releases the connection at the end."""
 
-    def __init__(
-        self, pool: H1Transport, key: _Key, conn: _Connection, limit: float | None
-    ) -> None:
+    def __init__(self, pool: H1Transport, key: _Key, conn: Connection, limit: float | None) -> None:
         self._pool = pool
         self._key = key
-        self._conn: _Connection | None = conn
+        self._conn: Connection | None = conn
         self._timeout = limit
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -258,7 +82,7 @@ class H1Transport(httpx.AsyncBaseTransport):
         self._max = max_connections
         self._expiry = keepalive_expiry
         self._ssl = ssl_context
-        self._idle: dict[_Key, list[_Connection]] = {}
+        self._idle: dict[_Key, list[Connection]] = {}
         self._open = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._closed = False
@@ -268,7 +92,7 @@ class H1Transport(httpx.AsyncBaseTransport):
             self._ssl = httpx.create_ssl_context()
         return self._ssl
 
-    async def _acquire(self, key: _Key, timeouts: dict[str, Any]) -> _Connection:
+    async def _acquire(self, key: _Key, timeouts: dict[str, Any]) -> Connection:
         while True:
             idle = self._idle.get(key)
             now = time.monotonic()
@@ -283,7 +107,9 @@ class H1Transport(httpx.AsyncBaseTransport):
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
-                await _wait(waiter, timeouts.get("pool"), httpx.PoolTimeout, "no free connection")
+                await wait_for(
+                    waiter, timeouts.get("pool"), httpx.PoolTimeout, "no free connection"
+                )
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
@@ -294,14 +120,14 @@ class H1Transport(httpx.AsyncBaseTransport):
             self.forget()
             raise
 
-    async def _connect(self, key: _Key, limit: float | None) -> _Connection:
+    async def _connect(self, key: _Key, limit: float | None) -> Connection:
         scheme, host, port = key
         loop = asyncio.get_running_loop()
         tls = self._ssl_context() if scheme == "https" else None
         try:
             _, protocol = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: _Connection(loop),
+                    lambda: Connection(loop),
                     host,
                     port,
                     ssl=tls,
@@ -315,7 +141,7 @@ class H1Transport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}") from None
         return protocol
 
-    def put_idle(self, key: _Key, conn: _Connection) -> None:
+    def put_idle(self, key: _Key, conn: Connection) -> None:
         if self._closed:
             conn.abort()
             self.forget()
@@ -363,7 +189,7 @@ class H1Transport(httpx.AsyncBaseTransport):
             await conn.drain(timeouts.get("write"))
             if conn.closed and not head_done.done():
                 raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
-            await _wait(
+            await wait_for(
                 head_done,
                 timeouts.get("read"),
                 httpx.ReadTimeout,

@@ -310,3 +310,21 @@ async def test_https_verifies_the_certificate(tls_files: tuple[str, str]) -> Non
         with pytest.raises(httpx.ConnectError):
             await untrusted.handle_async_request(post(url))
         await untrusted.aclose()
+
+
+async def test_body_delimited_by_close_ends_at_eof() -> None:
+    async def until_close(
+        state: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: 1\n\n")
+        await writer.drain()
+        writer.write(b"data: [DONE]\n\n")
+        await writer.drain()
+
+    async with serve(until_close) as (state, url):
+        transport = H1Transport()
+        for _ in range(2):  # never reused: the second request needs a new connection
+            assert await call(transport, post(url)) == (200, b"data: 1\n\ndata: [DONE]\n\n")
+        await transport.aclose()
+    assert state.connections == 2
