@@ -167,9 +167,15 @@ class OpenAIUpstream:
             raise translate(exc, self.name) from None
         response.request = request
         headers = relay_headers(response.headers.raw)
-        ctype = response.headers.get("content-type", "")
-        if ctype.startswith("text/event-stream"):
-            encoded = "content-encoding" in response.headers
+        # One pass over the raw list: httpx.Headers lookups re-decode every header each time.
+        ctype = b""
+        encoded = False
+        for name, value in headers:
+            if name == b"content-type":
+                ctype = value
+            elif name == b"content-encoding":
+                encoded = True
+        if ctype.startswith(b"text/event-stream"):
             return UpstreamReply(
                 response.status_code,
                 headers,
@@ -184,7 +190,7 @@ class OpenAIUpstream:
             raise translate(exc, self.name) from None
         finally:
             await response.aclose()
-        if "content-encoding" in response.headers:
+        if encoded:
             headers = [(k, v) for k, v in headers if k != b"content-encoding"]
         return UpstreamReply(response.status_code, headers, body=data)
 
