@@ -143,14 +143,19 @@ def _serialize(obj: Any, **_: Any) -> str:
 
 
 def configure_logging(
-    level: str = "info", *, stream: TextIO | None = None, redactor: Redactor | None = None
+    level: str = "info",
+    *,
+    stream: TextIO | None = None,
+    redactor: Redactor | None = None,
+    quiet_httpx: bool = False,
 ) -> Redactor:
     """JSON lines to `stream` (default stdout) for structlog and the stdlib root logger.
 
     Returns the Redactor in force; `register_secrets` adds to it. Calling again replaces the
     previous configuration (and its handler), which keeps tests independent. uvicorn's loggers
     lose their own handlers and propagate to the root: run uvicorn with `log_config=None`, or
-    it installs them again when it starts.
+    it installs them again when it starts. `quiet_httpx` keeps httpx's INFO line per outgoing
+    call (every guard check) out of the log; each call sets or clears it.
     """
     out = stream if stream is not None else sys.stdout
     redactor = redactor if redactor is not None else Redactor()
@@ -192,6 +197,7 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(numeric_level)
+    logging.getLogger("httpx").setLevel(logging.WARNING if quiet_httpx else logging.NOTSET)
     for name in _TAKEN_OVER:
         library_logger = logging.getLogger(name)
         for own in list(library_logger.handlers):

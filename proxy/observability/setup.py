@@ -83,7 +83,10 @@ def build_observability(
 
     `span_processor` is added beside the configured exporters (tests: an in-memory one)."""
     env = os.environ if env is None else env
-    redactor = configure_logging(config.logging.level, stream=log_stream)
+    # httpx logs every guard call at INFO: the gateway's own line per request says it all.
+    redactor = configure_logging(
+        config.logging.level, stream=log_stream, quiet_httpx=config.logging.level != "debug"
+    )
     redactor.register([*config_secrets(config), *tracing.exporter_secrets(env)])
 
     provider: TracerProvider | None = None

@@ -129,6 +129,9 @@ def test_one_request_spans_propagation_metrics_log_audit(start: Any) -> None:
         assert row["content"] is None and len(row["content_hash"]) == 64
     assert _value(gw.metrics(), "guardline_audit_written_total") == 2
 
+    # One line per request: the guard calls (httpx) add none.
+    assert '"logger": "httpx"' not in gw.logs.getvalue()
+    assert '"logger":"httpx"' not in gw.logs.getvalue()
     # The key never reaches a log line.
     assert TENANT_KEY not in gw.logs.getvalue()
 
