@@ -119,6 +119,9 @@ class OpenAIUpstream:
         self.name = name
         self._alias = dict(cfg.model_alias)
         self._url = httpx.URL(cfg.base_url.rstrip("/") + "/chat/completions")
+        self._models_url = httpx.URL(cfg.base_url.rstrip("/") + "/models")
+        # No `models` list: the upstream serves whatever it has, and /v1/models asks it.
+        self.offers_any_model = not cfg.models
         self._auth: bytes | None = f"Bearer {cfg.api_key}".encode() if cfg.api_key else None
         self._byok = byok and not cfg.api_key
         self._timeouts = httpx.Timeout(
@@ -193,6 +196,22 @@ class OpenAIUpstream:
         if encoded:
             headers = [(k, v) for k, v in headers if k != b"content-encoding"]
         return UpstreamReply(response.status_code, headers, body=data)
+
+    async def list_models(self, client_headers: RawHeaders) -> UpstreamReply:
+        """`GET {base_url}/models` with the same credentials a chat request would carry."""
+        headers = [(k, v) for k, v in self._headers(client_headers) if k not in (b"content-type",)]
+        request = httpx.Request(
+            "GET", self._models_url, headers=headers, extensions={"timeout": self._timeouts}
+        )
+        try:
+            response = await self._transport.handle_async_request(request)
+            try:
+                data = await response.aread()
+            finally:
+                await response.aclose()
+        except httpx.HTTPError as exc:
+            raise translate(exc, self.name) from None
+        return UpstreamReply(response.status_code, relay_headers(response.headers.raw), body=data)
 
     async def _relay(self, response: httpx.Response, *, aligned: bool) -> AsyncIterator[bytes]:
         """The upstream's SSE bytes as they arrive, cut at event boundaries.

@@ -81,6 +81,11 @@ class UpstreamDouble:
         self.received.append(Received(scope["method"], scope["path"], headers, body))
         path = scope["path"]
         if path == "/v1/models" and scope["method"] == "GET":
+            status = int(headers.get("x-double-status", "200"))
+            if status != 200:
+                error = {"message": f"double error {status}", "type": "double_error"}
+                await _json(send, status, {"error": {**error, "param": None, "code": "x"}})
+                return
             await _json(send, 200, {"object": "list", "data": [_model("double-model")]})
         elif path == "/v1/chat/completions" and scope["method"] == "POST":
             await self._chat(headers, body, receive, send)

@@ -95,7 +95,19 @@ def test_models_lists_what_the_callers_routes_offer(tenant_gateway: str) -> None
     kids = openai.OpenAI(base_url=tenant_gateway + "/kids/v1", api_key="acme-key", max_retries=0)
     page = kids.models.list()
     assert page.object == "list"
-    assert [m.id for m in page] == []
+    # The kids route takes any model on an upstream without a `models` list: it asks it.
+    assert [m.id for m in page] == ["double-model"]
+
+
+def test_open_route_lists_the_upstreams_models_with_the_clients_key(
+    gateway: str, double: UpstreamDouble
+) -> None:
+    c = client(gateway, "sk-users-own")
+    assert [m.id for m in c.models.list()] == ["double-model"]
+    assert double.last().path == "/v1/models"
+    assert double.last().headers["authorization"] == "Bearer sk-users-own"
+    with pytest.raises(openai.AuthenticationError):  # the upstream's own 401, passed through
+        c.models.list(extra_headers={"x-double-status": "401"})
 
 
 def test_models_from_upstream_lists_and_aliases(
