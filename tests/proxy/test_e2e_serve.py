@@ -42,8 +42,10 @@ def test_config_error_names_file_line_and_key_and_exits_2(tmp_path: Path) -> Non
     assert "Traceback" not in done.stderr
 
 
-@pytest.fixture
-def served(tmp_path: Path, double_url: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def start_serve(
+    tmp_path: Path, double_url: str, *extra: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`guardline serve` with moderation switched off by policy, once /healthz answers."""
     policy = tmp_path / "off.yaml"
     policy.write_text(
         "name: passthrough\ndescription: no checks\ninput: {enabled: false}\n"
@@ -57,22 +59,49 @@ def served(tmp_path: Path, double_url: str) -> Iterator[tuple[subprocess.Popen[b
         f"audit: {{path: '{tmp_path}/audit.sqlite3'}}\n"
     )
     port = free_port()
-    proc = subprocess.Popen([*SERVE, "--config", str(config), "--port", str(port)], cwd=ROOT)
+    proc = subprocess.Popen(
+        [*SERVE, "--config", str(config), "--port", str(port), *extra], cwd=ROOT
+    )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while True:
         assert proc.poll() is None, "guardline serve exited"
         try:
             if httpx.get(base + "/healthz").status_code == 200:
-                break
+                return proc, base
         except httpx.TransportError:
             pass
-        assert time.monotonic() < deadline, "guardline serve did not start"
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("guardline serve did not start")
         time.sleep(0.1)
+
+
+@pytest.fixture
+def served(tmp_path: Path, double_url: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    proc, base = start_serve(tmp_path, double_url)
     yield proc, base
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+
+
+def test_workers_serve_from_the_config_path(tmp_path: Path, double_url: str) -> None:
+    proc, base = start_serve(tmp_path, double_url, "--workers", "2")
+    try:
+        for _ in range(4):
+            response = httpx.post(
+                base + "/v1/chat/completions",
+                json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+            )
+            assert response.status_code == 200
+            assert response.json()["choices"][0]["message"]["content"] == "double says: hi"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones(
