@@ -110,9 +110,12 @@ class H1Transport(httpx.AsyncBaseTransport):
                 await wait_for(
                     waiter, timeouts.get("pool"), httpx.PoolTimeout, "no free connection"
                 )
-            finally:
+            except BaseException:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
+                elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    self._wake_one()  # we were handed a free slot but cannot use it: pass it on
+                raise
         self._open += 1
         try:
             return await self._connect(key, timeouts.get("connect"))
