@@ -16,7 +16,10 @@ Steps:
    split. A further 15% of the training part is a validation split for early stopping.
    multijail trains on English rows only: every multijail row is unsafe and almost every safe
    row elsewhere is English, so its other languages would teach "not English means unsafe".
-   Its other languages are measured as cross-lingual transfer instead.
+   Its other languages are measured as cross-lingual transfer instead, and the directions
+   that separate languages (from multijail's parallel translations) are projected out of the
+   embeddings, so the head judges content rather than language; the projection is folded
+   into the head's first layer.
 4. Train a one-hidden-layer MLP (ReLU, L2) by full-batch Adam in numpy with class-balanced
    weights (most sets are all-unsafe; unweighted, the head learns "everything is unsafe").
 5. Write the weights and a JSON with the command, data hashes, split rule, threshold and
@@ -29,7 +32,6 @@ import argparse
 import hashlib
 import json
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -153,6 +155,32 @@ class Dataset:
         return x, y, w
 
 
+def language_directions(data: Dataset, k: int) -> F32:
+    """An orthonormal basis (384, k) of the directions that separate languages.
+
+    multijail holds the same prompts in ten languages, so the differences between its
+    per-language mean embeddings are language, not content. Projecting them out of every
+    embedding before the head keeps the head from learning "not English means unsafe" from a
+    data set whose non-English rows are all unsafe. Only rows of training prompts are used.
+    """
+    by_lang: dict[str, list[F32]] = {}
+    for src, lang, split, win in zip(
+        data.sources, data.langs, data.splits, data.windows, strict=True
+    ):
+        if src == "multijail" and split != "test":
+            by_lang.setdefault(lang, []).append(win.mean(axis=0))
+    means = np.stack([np.mean(v, axis=0) for _, v in sorted(by_lang.items())])
+    centered = means - means.mean(axis=0)
+    _u, _s, vt = np.linalg.svd(centered, full_matrices=False)
+    return np.asarray(vt[: min(k, len(means) - 1)].T, dtype=np.float32)
+
+
+def project_out(head: Head, basis: F32) -> Head:
+    """The same head applied to x - (x U) U^T: folded into the first layer, so free."""
+    w1 = head.w1 - basis @ (basis.T @ head.w1)
+    return Head(w1=np.asarray(w1, np.float32), b1=head.b1, w2=head.w2, b2=head.b2)
+
+
 def train_mlp(
     x: F32,
     y: F32,
@@ -274,7 +302,13 @@ def main() -> int:
     ap.add_argument("--test-fraction", type=float, default=0.2)
     ap.add_argument("--val-fraction", type=float, default=0.12)
     ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--l2", type=float, default=1e-3)
+    ap.add_argument("--l2", type=float, default=1e-2)
+    ap.add_argument(
+        "--language-directions",
+        type=int,
+        default=9,
+        help="language directions projected out of the embeddings (0: none)",
+    )
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--epochs", type=int, default=1500)
     ap.add_argument("--threshold", type=float, default=0.5)
@@ -282,31 +316,35 @@ def main() -> int:
     ap.add_argument("--embed-only", action="store_true", help="fill the embedding cache and stop")
     args = ap.parse_args()
 
-    started = time.time()
     data = Dataset(args.data_dir, args.cache_dir, args.threads, args)
     if args.embed_only:
         return 0
-    train = data.matrix({"train"})
-    val = data.matrix({"val"})
-    head, best_step, _history = train_mlp(
-        *train,
+    basis = language_directions(data, args.language_directions)
+
+    def projected(splits: set[str]) -> tuple[F32, F32, F32]:
+        x, y, w = data.matrix(splits)
+        return np.asarray(x - (x @ basis) @ basis.T, np.float32), y, w
+
+    _, best_step, _history = train_mlp(
+        *projected({"train"}),
         hidden=args.hidden,
         l2=args.l2,
-        epochs=args.epochs,
         lr=args.lr,
         seed=args.seed,
-        val=val,
+        epochs=args.epochs,
+        val=projected({"val"}),
     )
     print(f"best validation epoch {best_step}", file=sys.stderr)
-    # refit on train + val for the chosen number of epochs
+    # refit on train + val for the chosen number of epochs, then fold the projection in
     head, _, _ = train_mlp(
-        *data.matrix({"train", "val"}),
+        *projected({"train", "val"}),
         hidden=args.hidden,
         l2=args.l2,
-        epochs=best_step,
         lr=args.lr,
         seed=args.seed,
+        epochs=best_step,
     )
+    head = project_out(head, basis)
     scores = record_scores(head, data)
     results = evaluate_groups(data, scores, args.threshold)
     save_head(head, args.out)
@@ -334,9 +372,11 @@ def main() -> int:
             "epochs": best_step,
             "seed": args.seed,
             "class_weights": "balanced (each class half of the total weight)",
+            "language_directions_removed": int(basis.shape[1]),
         },
         "threshold": args.threshold,
-        "command": "python scripts/train_embedded_head.py " + " ".join(sys.argv[1:]),
+        "command": " ".join([".venv/bin/python scripts/train_embedded_head.py", *sys.argv[1:]]),
+        "weights_sha256": sha256_file(args.out),
         "data": {name: {"sha256": digest} for name, digest in data.files.items()},
         "licenses_used": sorted(PERMISSIVE),
         "skipped_for_license": data.skipped_license,
@@ -351,7 +391,6 @@ def main() -> int:
             "counts": counts,
         },
         "heldout_metrics": results,
-        "train_seconds": round(time.time() - started, 1),
     }
     args.out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     for row in results:
