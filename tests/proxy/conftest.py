@@ -59,7 +59,12 @@ def start_gateway() -> Iterator[Callable[[GatewayConfig], str]]:
         yield start
 
 
-@pytest.fixture
-def gateway(start_gateway: Callable[[GatewayConfig], str], double_url: str) -> str:
-    """The default open gateway in front of the double; its base URL (without /v1)."""
-    return start_gateway(make_config(double_url))
+@pytest.fixture(scope="module")
+def gateway(double_server: tuple[UpstreamDouble, str]) -> Iterator[str]:
+    """The default open gateway in front of the double; its base URL (without /v1).
+
+    One per test module: it keeps no per-test state (the double records what it received).
+    """
+    app = create_app(make_config(double_server[1] + "/v1"), moderation=False)
+    with run_server(app) as url:
+        yield url
