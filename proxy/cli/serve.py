@@ -64,10 +64,14 @@ def uvicorn_options(
 
 
 def run(args: argparse.Namespace) -> int:
+    from guard_engine.policy.compile import load_policy
     from proxy.config import load_config
 
     try:
         config = load_config(args.config)
+        # Policies too: a broken policy must stop the start here, as one readable line.
+        for route in config.routes:
+            load_policy(route.policy, known_guards=list(config.guards))
     except ConfigFileError as exc:
         print(f"guardline: invalid config: {exc}", file=sys.stderr)
         return 2
