@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,8 +97,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def gateway(config: Path, log: IO[bytes], *, startup_s: float = 60.0) -> Iterator[Child]:
-    """`guardline serve --config config` on a free 127.0.0.1 port; yields its base URL."""
+def gateway(
+    config: Path,
+    log: IO[bytes],
+    *,
+    startup_s: float = 60.0,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[Child]:
+    """`guardline serve --config config` on a free 127.0.0.1 port; yields its base URL.
+
+    `env` adds variables to the gateway's environment (e.g. OTEL_*)."""
     port = free_port()
     argv = [
         str(Path(sys.executable).parent / "guardline"),
@@ -110,7 +118,7 @@ def gateway(config: Path, log: IO[bytes], *, startup_s: float = 60.0) -> Iterato
         "--log-level",
         "warning",
     ]
-    proc = subprocess.Popen(argv, cwd=ROOT, env=_ENV, stdout=log, stderr=log)
+    proc = subprocess.Popen(argv, cwd=ROOT, env={**_ENV, **(env or {})}, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + startup_s

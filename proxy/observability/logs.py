@@ -54,6 +54,8 @@ _HANDLER_NAME: Final = "guardline-json"
 # Loggers that libraries give their own handlers (uvicorn's default log config does, with
 # propagate off): taken over so that their records reach the redacting root handler.
 _TAKEN_OVER: Final = ("uvicorn", "uvicorn.error", "uvicorn.access")
+# Libraries that log at INFO per event on the request path or per file change.
+_CHATTY: Final = ("httpx", "watchfiles.main")
 
 
 class Redactor:
@@ -147,15 +149,16 @@ def configure_logging(
     *,
     stream: TextIO | None = None,
     redactor: Redactor | None = None,
-    quiet_httpx: bool = False,
+    quiet_libraries: bool = False,
 ) -> Redactor:
     """JSON lines to `stream` (default stdout) for structlog and the stdlib root logger.
 
     Returns the Redactor in force; `register_secrets` adds to it. Calling again replaces the
     previous configuration (and its handler), which keeps tests independent. uvicorn's loggers
     lose their own handlers and propagate to the root: run uvicorn with `log_config=None`, or
-    it installs them again when it starts. `quiet_httpx` keeps httpx's INFO line per outgoing
-    call (every guard check) out of the log; each call sets or clears it.
+    it installs them again when it starts. `quiet_libraries` keeps the INFO lines libraries write
+    per event out of the log (httpx: one per guard call; watchfiles: one per change seen in
+    a policy folder); each call sets or clears it.
     """
     out = stream if stream is not None else sys.stdout
     redactor = redactor if redactor is not None else Redactor()
@@ -197,7 +200,8 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(numeric_level)
-    logging.getLogger("httpx").setLevel(logging.WARNING if quiet_httpx else logging.NOTSET)
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(logging.WARNING if quiet_libraries else logging.NOTSET)
     for name in _TAKEN_OVER:
         library_logger = logging.getLogger(name)
         for own in list(library_logger.handlers):

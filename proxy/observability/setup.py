@@ -85,7 +85,7 @@ def build_observability(
     env = os.environ if env is None else env
     # httpx logs every guard call at INFO: the gateway's own line per request says it all.
     redactor = configure_logging(
-        config.logging.level, stream=log_stream, quiet_httpx=config.logging.level != "debug"
+        config.logging.level, stream=log_stream, quiet_libraries=config.logging.level != "debug"
     )
     redactor.register([*config_secrets(config), *tracing.exporter_secrets(env)])
 
