@@ -3,13 +3,15 @@
 Prints accuracy, precision, recall, F1, false-positive rate, ROC AUC and p50/p99 latency
 (`unsafe` is the positive class), with a progress bar on stderr. `--heldout` keeps only the
 records the embedded guard's head was not trained on (its split rule ships with its weights),
-which is how docs/guard-accuracy.md is produced. Exit status: 0, or 2 when it cannot run.
+which is how docs/guard-accuracy.md is produced. Exit status: 0, or 2 when it cannot run or
+when no record got a verdict.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -42,6 +44,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=["binary", "categories", "think"], help="override mode")
     parser.add_argument("--limit", type=int, help="at most N records per file")
     parser.add_argument(
+        "--threshold", type=float, help="override the policy's score threshold (scoring guards)"
+    )
+    parser.add_argument(
         "--heldout",
         action="store_true",
         help="only records the embedded head was not trained on (needs the shared data's ids)",
@@ -53,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         records = _records(args)
         policy = _policy(args.policy)
+        if args.threshold is not None:
+            if not 0.0 <= args.threshold <= 1.0:
+                raise ValueError("--threshold must be between 0 and 1")
+            policy = dataclasses.replace(policy, threshold=args.threshold)
         backend, owned = _backend(args.guard, args.config, policy)
     except (GuardEngineError, OSError, ValueError) as exc:
         print(f"guardline eval: {exc}", file=sys.stderr)
@@ -68,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     errors = [o for o in outcomes if o.error is not None]
     if errors:
         print(f"{len(errors)} guard errors, first: {errors[0].error}", file=sys.stderr)
-    return 0
+    # Nothing measured (every check failed, or no records) is a failed run, not a report.
+    return 2 if len(errors) == len(outcomes) else 0
 
 
 def _records(args: argparse.Namespace) -> list[EvalRecord]:

@@ -229,3 +229,62 @@ def test_cli_refuses_an_unknown_guard_without_config(
     monkeypatch.chdir(tmp_path)
     assert main(["eval", str(data), "--guard", "nemotron"]) == 2
     assert "needs --config" in capsys.readouterr().err
+
+
+def test_cli_threshold_override_and_heldout_filter(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from guard_engine.backends.embedded_head import DEFAULT_METADATA, assign_split
+
+    meta = json.loads(DEFAULT_METADATA.read_text())
+    # a file named like a trained set: --heldout keeps only its test split, by the shipped rule
+    data = tmp_path / "coconot.jsonl"
+    rows: list[dict[str, object]] = [
+        {"id": f"coconot-{i}", "prompt": f"What is {i} plus {i}?", "label": "safe", "lang": "en"}
+        for i in range(12)
+    ]
+    _write_jsonl(data, rows)
+    expected = [
+        r["id"]
+        for r in rows
+        if assign_split(
+            "coconot",
+            str(r["id"]),
+            "en",
+            train_sets=meta["train_sets"],
+            test_fraction=meta["split"]["test_fraction"],
+            val_fraction=meta["split"]["val_fraction"],
+        )
+        == "test"
+    ]
+    assert 0 < len(expected) < len(rows)
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", str(data), "--heldout", "--threshold", "0", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report[0]["n"] == len(expected)
+    assert report[0]["fpr"] == 1.0  # threshold 0 flags everything
+    assert main(["eval", str(data), "--threshold", "1.5"]) == 2
+
+
+def test_cli_exit_status_when_the_guard_is_down(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "p.yaml").write_text("name: p\ndescription: test\nmode: binary\n")
+    (tmp_path / "config.yaml").write_text(
+        "guards:\n"
+        f"  dead: {{type: sglang, base_url: 'http://127.0.0.1:{port}', timeout_ms: 500}}\n"
+        "  local: {type: embedded}\n"
+        "upstreams:\n  u: {type: openai, base_url: 'http://127.0.0.1:9'}\n"
+        "routes:\n  - {name: r, upstream: u, policy: p.yaml}\n"
+    )
+    data = tmp_path / "d.jsonl"
+    _write_jsonl(data, [{"prompt": "hello", "label": "safe"}])
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", str(data), "--guard", "dead", "--policy", "p.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "1 guard errors, first: unavailable" in err
