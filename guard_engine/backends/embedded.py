@@ -58,7 +58,12 @@ class EmbeddedBackend:
     """`Backend` for the embedded guard. `policy.threshold` turns its score into a label."""
 
     def __init__(
-        self, *, name: str = "local", threads: int = 1, weights_path: Path | None = None
+        self,
+        *,
+        name: str = "local",
+        threads: int = 1,
+        weights_path: Path | None = None,
+        max_pending: int = 256,
     ) -> None:
         self.name = name
         self.model = MODEL_ID
@@ -70,6 +75,10 @@ class EmbeddedBackend:
         # Written only by the worker thread; read by health() (a reference read is atomic).
         self._loaded: _Model | None = None
         self._load_error: str | None = None
+        # Checks run one at a time; past this many waiting, a new check fails fast (the
+        # policy's on_guard_error decides) instead of queueing for seconds.
+        self._max_pending = max(1, max_pending)
+        self._pending = 0
 
     def _ensure_loaded(self) -> _Model:
         """Runs in the worker thread, so loads are serialized without a lock."""
@@ -109,10 +118,20 @@ class EmbeddedBackend:
             # A text model would judge the text alone and pass the image unseen; the pipeline's
             # on_guard_error decides what an uncheckable image means instead.
             raise GuardUnavailable("the embedded guard cannot check images", guard=self.name)
+        if self._pending >= self._max_pending:
+            raise GuardUnavailable(
+                f"the embedded guard is overloaded ({self._pending} checks waiting)",
+                guard=self.name,
+            )
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, self._judge, request, float(policy.threshold)
-        )
+        self._pending += 1
+        try:
+            # A check cancelled while still queued never runs (asyncio cancels the future).
+            return await loop.run_in_executor(
+                self._executor, self._judge, request, float(policy.threshold)
+            )
+        finally:
+            self._pending -= 1
 
     def _judge(self, request: GuardRequest, threshold: float) -> BackendResult:
         model = self._ensure_loaded()

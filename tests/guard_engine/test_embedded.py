@@ -220,3 +220,46 @@ def test_split_rule_is_stable_and_keeps_translations_together() -> None:
     assert len(splits) == 1  # one source prompt, ten languages: same side of the split
     found = {assign_split("coconot", f"coconot-{i}", "en", **kw) for i in range(200)}  # type: ignore[arg-type]
     assert found == {"train", "val", "test"}
+
+
+async def test_overload_fails_fast_instead_of_queueing() -> None:
+    small = EmbeddedBackend(name="small", max_pending=2)
+    await small.warm()
+    tasks = [
+        asyncio.create_task(small.check(GuardRequest(prompt=BENIGN), policy(), mode="binary"))
+        for _ in range(4)
+    ]
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    failed = [r for r in results if isinstance(r, GuardUnavailable)]
+    assert len(failed) == 2 and "overloaded" in str(failed[0])
+    assert all(isinstance(r, BackendResult) for r in results[:2])
+    # once the queue drains, checks are accepted again
+    assert (await small.check(GuardRequest(prompt=BENIGN), policy(), mode="binary")).verdict
+    await small.aclose()
+
+
+async def test_a_cancelled_queued_check_never_runs() -> None:
+    b = EmbeddedBackend(name="cancel")
+    await b.warm()
+    calls: list[str] = []
+    original = b._judge
+    release = threading.Event()
+
+    def counting(request: GuardRequest, threshold: float) -> BackendResult:
+        calls.append(request.prompt)
+        release.wait()  # hold the worker so that the others stay queued
+        return original(request, threshold)
+
+    b._judge = counting  # type: ignore[method-assign]
+    tasks = [
+        asyncio.create_task(b.check(GuardRequest(prompt=f"{BENIGN} {i}"), policy(), mode="binary"))
+        for i in range(3)
+    ]
+    await asyncio.sleep(0)  # all three are submitted; the first is running
+    tasks[2].cancel()
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert tasks[2].cancelled()
+    assert calls == [f"{BENIGN} 0", f"{BENIGN} 1"]
+    await b.aclose()
