@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -59,7 +60,7 @@ from moderation_client import (
     guard_round_trip,
     server_timing,
 )
-from moderation_procs import ROOT, Child, gateway, guard_double, upstream_double
+from moderation_procs import ROOT, Child, gateway, guard_double, snapshot, upstream_double
 
 UPSTREAM_DELAY_MS = 100
 PROMPT = (
@@ -344,7 +345,14 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="scenario names to run (default: all)")
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--note", default="", help="machine note for the docs (what else ran)")
+    parser.add_argument("--rev", default="HEAD", help="commit whose gateway is measured")
+    parser.add_argument(
+        "--work-tree", action="store_true", help="run the work tree's code, not a snapshot"
+    )
     args = parser.parse_args()
+    # Cleanup (children stopped) on SIGTERM too, and on SIGINT even when started with `&`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     scenarios = [s for s in SCENARIOS if not args.only or s.name in args.only]
     load_before = os.getloadavg()
@@ -352,15 +360,21 @@ def main() -> int:
     results: list[Result] = []
     rtt: dict[float, Series] = {}
     with upstream_double() as upstream, tempfile.TemporaryDirectory() as tmp:
+        if args.work_tree:
+            code, revision = ROOT, "the work tree as it was (uncommitted edits included)"
+        else:
+            code = Path(tmp) / "code"
+            revision = f"commit {snapshot(code, args.rev)}"
         for guard_ms in args.guard_ms:
             directory = Path(tmp) / f"g{guard_ms:g}"
             directory.mkdir()
-            log_path = directory / "gateway.log"
+            # Not beside the policies: the policy watcher would see every log write.
+            log_path = Path(tmp) / f"gateway-g{guard_ms:g}.log"
             with guard_double(guard_ms) as guard, log_path.open("wb") as log:
                 config = write_config(directory, guard.url, upstream.url)
                 rtt[guard_ms] = guard_round_trip(guard.url, PROMPT, args.requests, args.warmup)
                 print(rtt_table({guard_ms: rtt[guard_ms]}).splitlines()[-1], flush=True)
-                with gateway(config, log) as gw:
+                with gateway(config, log, root=code) as gw:
                     for s in scenarios:
                         r = run_scenario(s, guard_ms, upstream, gw, args.requests, args.warmup)
                         results.append(r)
@@ -373,7 +387,7 @@ def main() -> int:
     machine = (
         f"Measured {started} on {os.cpu_count()} cores; load average "
         f"{load_before[0]:.1f} before, {load_after[0]:.1f} after; benchmark processes at nice "
-        f"{os.nice(0)}. {args.note}".strip()
+        f"{os.nice(0)}. Gateway code: {revision}. {args.note}".strip()
     )
     block = f"Command: `{command}`\n\n{machine}\n\n{out}\n\n{verdict_notes(results)}"
     print()

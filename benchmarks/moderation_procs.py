@@ -13,10 +13,12 @@ a benchmark that fails half-way leaves nothing running.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -103,13 +105,17 @@ def gateway(
     *,
     startup_s: float = 60.0,
     env: Mapping[str, str] | None = None,
+    root: Path = ROOT,
 ) -> Iterator[Child]:
     """`guardline serve --config config` on a free 127.0.0.1 port; yields its base URL.
 
-    `env` adds variables to the gateway's environment (e.g. OTEL_*)."""
+    `env` adds variables to the gateway's environment (e.g. OTEL_*). `root` is the source
+    tree the gateway imports (default: this work tree; `snapshot()` makes a fixed one)."""
     port = free_port()
     argv = [
-        str(Path(sys.executable).parent / "guardline"),
+        sys.executable,
+        "-c",
+        "import sys; from proxy.cli import main; sys.exit(main())",
         "serve",
         "--config",
         str(config),
@@ -118,7 +124,9 @@ def gateway(
         "--log-level",
         "warning",
     ]
-    proc = subprocess.Popen(argv, cwd=ROOT, env={**_ENV, **(env or {})}, stdout=log, stderr=log)
+    # PYTHONPATH comes before the editable install's finder: `root` is what gets imported.
+    child_env = {**_ENV, "PYTHONPATH": str(root), **(env or {})}
+    proc = subprocess.Popen(argv, cwd=root, env=child_env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + startup_s
@@ -136,6 +144,27 @@ def gateway(
         yield Child(url, proc.pid)
     finally:
         _stop(proc)
+
+
+def snapshot(dest: Path, rev: str = "HEAD") -> str:
+    """Extract the committed tree at `rev` into `dest`; returns its short commit id.
+
+    The work tree is shared and edited while a benchmark runs; a snapshot pins the code
+    under test to one commit for the whole run."""
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", rev],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", commit],
+        check=True,
+        capture_output=True,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(dest, filter="data")
+    return commit
 
 
 def _serve_upstream_double() -> None:
