@@ -42,6 +42,8 @@ import numpy.typing as npt
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from head_training import project_out, train_mlp  # noqa: E402
+
 from guard_engine.backends.embedded_head import (  # noqa: E402
     DEFAULT_WEIGHTS,
     Head,
@@ -178,86 +180,6 @@ def language_directions(data: Dataset, k: int) -> F32:
     centered = means - means.mean(axis=0)
     _u, _s, vt = np.linalg.svd(centered, full_matrices=False)
     return np.asarray(vt[: min(k, len(means) - 1)].T, dtype=np.float32)
-
-
-def project_out(head: Head, basis: F32) -> Head:
-    """The same head applied to x - (x U) U^T: folded into the first layer, so free."""
-    w1 = head.w1 - basis @ (basis.T @ head.w1)
-    return Head(w1=np.asarray(w1, np.float32), b1=head.b1, w2=head.w2, b2=head.b2)
-
-
-def train_mlp(
-    x: F32,
-    y: F32,
-    w: F32,
-    *,
-    hidden: int,
-    l2: float,
-    epochs: int,
-    lr: float,
-    seed: int,
-    val: tuple[F32, F32, F32] | None = None,
-) -> tuple[Head, int, list[float]]:
-    """Full-batch Adam on weighted log loss + L2. Features are standardized during training
-    and the scaling is folded into the first layer, so the saved head takes raw embeddings.
-    With `val`, returns the head of the epoch with the lowest validation loss."""
-    rng = np.random.default_rng(seed)
-    mu = x.mean(axis=0)
-    sd = x.std(axis=0) + 1e-6
-    xs = (x - mu) / sd
-    d = x.shape[1]
-    params = {
-        "w1": (rng.standard_normal((d, hidden)) * np.sqrt(2.0 / d)).astype(np.float32),
-        "b1": np.zeros(hidden, np.float32),
-        "w2": (rng.standard_normal(hidden) * np.sqrt(1.0 / hidden)).astype(np.float32),
-        "b2": np.zeros(1, np.float32),
-    }
-    m = {k: np.zeros_like(v) for k, v in params.items()}
-    v2 = {k: np.zeros_like(v) for k, v in params.items()}
-    wsum = float(w.sum())
-    best: tuple[float, int, dict[str, F32]] = (float("inf"), 0, params)
-    history: list[float] = []
-    for step in range(1, epochs + 1):
-        h = xs @ params["w1"] + params["b1"]
-        a = np.maximum(h, 0.0)
-        z = a @ params["w2"] + params["b2"][0]
-        p = 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
-        g = (p - y) * w / wsum  # d loss / d z
-        grads = {
-            "w2": a.T @ g + l2 * params["w2"],
-            "b2": np.asarray([g.sum()], np.float32),
-        }
-        gh = np.outer(g, params["w2"]) * (h > 0)
-        grads["w1"] = xs.T @ gh + l2 * params["w1"]
-        grads["b1"] = gh.sum(axis=0)
-        for k in params:
-            m[k] = 0.9 * m[k] + 0.1 * grads[k]
-            v2[k] = 0.999 * v2[k] + 0.001 * grads[k] ** 2
-            mhat = m[k] / (1 - 0.9**step)
-            vhat = v2[k] / (1 - 0.999**step)
-            params[k] = (params[k] - lr * mhat / (np.sqrt(vhat) + 1e-8)).astype(np.float32)
-        if val is not None and step % 10 == 0:
-            vx, vy, vw = val
-            vz = _forward(params, (vx - mu) / sd)
-            vp = 1.0 / (1.0 + np.exp(-np.clip(vz, -40, 40)))
-            loss = float(
-                -(vw * (vy * np.log(vp + 1e-7) + (1 - vy) * np.log(1 - vp + 1e-7))).sum() / vw.sum()
-            )
-            history.append(loss)
-            if loss < best[0]:
-                best = (loss, step, {k: val_.copy() for k, val_ in params.items()})
-    final = best[2] if val is not None else params
-    best_step = best[1] if val is not None else epochs
-    # fold the standardization into the first layer: ((x - mu) / sd) @ w1 = x @ (w1 / sd) - ...
-    w1 = (final["w1"] / sd[:, None]).astype(np.float32)
-    b1 = (final["b1"] - (mu / sd) @ final["w1"]).astype(np.float32)
-    head = Head(w1=w1, b1=b1, w2=final["w2"].astype(np.float32), b2=float(final["b2"][0]))
-    return head, best_step, history
-
-
-def _forward(params: dict[str, F32], xs: F32) -> F32:
-    a = np.maximum(xs @ params["w1"] + params["b1"], 0.0)
-    return np.asarray(a @ params["w2"] + params["b2"][0], dtype=np.float32)
 
 
 def record_scores(head: Head, data: Dataset) -> F32:
