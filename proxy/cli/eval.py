@@ -49,7 +49,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--heldout",
         action="store_true",
-        help="only records the embedded head was not trained on (needs the shared data's ids)",
+        help="only records the embedded head was not trained on, by the split rule shipped "
+        "with its weights (matched by file name and record id, as in shared/datasets)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
