@@ -84,7 +84,7 @@ class ModerationPipeline:
         self.shadow_counts: dict[tuple[str, str, str], list[int]] = {}
 
     async def __call__(self, state: GatewayState, call: ChatCall) -> UpstreamReply:
-        timing = RequestTiming(start=call.started)
+        timing = self._spans.timing(call)  # knows the request's state: span work after it
         policy = self.policies.get(call.route.policy)
         decisions = Decisions(policy=policy)
         try:

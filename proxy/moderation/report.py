@@ -2,9 +2,12 @@
 summary that the request log line and the SERVER span carry.
 
 `ModerationReport.finished` is the pipeline's `on_finished` hook, called once per request when
-its moderation is complete (for a stream: when it ended). Everything here is cheap and never
-blocks: metrics are counter adds, audit records go to the writer's queue, THINK re-checks are
-background tasks. `shadow` is the `on_shadow` hook, `reloaded` the policy store's `on_reload`.
+its moderation is complete (for a stream: when it ended), which for a complete body is before
+the response is sent. So it only leaves the request's summary in the scope state and defers
+the rest (metrics, audit records, THINK re-checks) until the response has gone out
+(`proxy.observability.after_response`). None of it blocks: metrics are counter
+adds, audit records go to the writer's queue, THINK re-checks are background tasks. `shadow`
+is the `on_shadow` hook, `reloaded` the policy store's `on_reload`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from proxy.audit.record import AuditRecord, content_hash, current_trace_id, new_
 from proxy.forward import ChatCall
 from proxy.moderation.decide import StageResult
 from proxy.moderation.headers import Decisions
+from proxy.observability.after_response import after_response
 from proxy.observability.timing import RequestTiming
 from proxy.streaming.outcome import StreamOutcome
 
@@ -43,7 +47,7 @@ class ModerationSummary:
     degraded: tuple[str, ...]  # "stage:reason"
     stream: bool
     model: str
-    timings_ms: dict[str, float]
+    timing: RequestTiming  # finished: its durations are final
     holdback_checks: int | None = None
     prompt: str | None = None  # only with logging.content
     response: str | None = None
@@ -66,7 +70,7 @@ class ModerationSummary:
             "degraded": list(self.degraded),
             "stream": self.stream,
             "model": self.model,
-            "timings_ms": self.timings_ms,
+            "timings_ms": self.timing.durations_ms(),
         }
         if self.holdback_checks is not None:
             fields["holdback_checks"] = self.holdback_checks
@@ -112,15 +116,30 @@ class ModerationReport:
         timing: RequestTiming,
         outcome: StreamOutcome | None,
     ) -> None:
+        state = call.scope_state
+        if state is not None:
+            state[STATE_MODERATION] = self._summary(call, decisions, timing, outcome)
+        trace_id = current_trace_id() if self.writer is not None else None
+
+        def report() -> None:
+            self._report(call, decisions, timing, outcome, trace_id)
+
+        after_response(state, report)
+
+    def _report(
+        self,
+        call: ChatCall,
+        decisions: Decisions,
+        timing: RequestTiming,
+        outcome: StreamOutcome | None,
+        trace_id: str | None,
+    ) -> None:
         stages = [s for s in (decisions.input, decisions.output) if s is not None]
         if self.metrics is not None:
             self._observe(decisions.policy, stages, timing, outcome)
         if self.writer is not None:
-            trace_id = current_trace_id()
             for result in stages:
                 self._audit(call, decisions.policy, result, trace_id)
-        if call.scope_state is not None:
-            call.scope_state[STATE_MODERATION] = self._summary(call, decisions, timing, outcome)
 
     def _observe(
         self,
@@ -218,7 +237,7 @@ class ModerationReport:
             ),
             stream=call.body.stream,
             model=call.body.model,
-            timings_ms=timing.durations_ms(),
+            timing=timing,
             holdback_checks=outcome.checks if outcome is not None else None,
         )
         if self.log_content:

@@ -10,27 +10,23 @@
 The same calls feed the request's `RequestTiming`. For a stream the upstream span and the
 `upstream` timing cover the whole body, not just the response head: each wait for the next
 upstream chunk is upstream time, so what remains as overhead is the gateway's own work.
+
+Spans are `LateSpan`s: their ids are fixed before the call (for the traceparent), the SDK spans
+are recorded with their real times after the response has gone out
+(`proxy.observability.after_response`), so the request path pays a few microseconds per span
+instead of the SDK's cost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
-from opentelemetry.trace import (
-    NoOpTracer,
-    Span,
-    SpanKind,
-    Status,
-    StatusCode,
-    Tracer,
-    set_span_in_context,
-    use_span,
-)
+from opentelemetry.trace import NoOpTracer, Span, SpanKind, Status, StatusCode, Tracer
 
 from guard_engine.engine import GuardEngine
 from guard_engine.policy.compiled import CompiledPolicy
@@ -39,6 +35,8 @@ from proxy.config_schema import LiteLLMUpstreamConfig
 from proxy.forward import ChatCall, ChatService
 from proxy.moderation.decide import StageResult, judge
 from proxy.observability import tracing
+from proxy.observability.after_response import after_response
+from proxy.observability.late_spans import Annotate, LateSpan
 from proxy.observability.timing import Kind, RequestTiming
 from proxy.upstreams.reply import RawHeaders, UpstreamReply
 
@@ -81,20 +79,44 @@ def _tokens(usage: Any) -> tuple[int | None, int | None]:
     )
 
 
+class CallTiming(RequestTiming):
+    """A request's timing ledger that also knows the request's scope state (for the work
+    deferred until the response is out)."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, start: float | None, state: dict[str, Any] | None) -> None:
+        super().__init__(start)
+        self.state = state
+
+
+def _defer(timing: RequestTiming, work: Callable[[], None]) -> None:
+    after_response(timing.state if isinstance(timing, CallTiming) else None, work)
+
+
+def _record_later(timing: RequestTiming, span: LateSpan, annotate: Annotate | None) -> None:
+    _defer(timing, lambda: span.record(annotate))
+
+
 class UpstreamStream:
     """An upstream SSE body whose chunk waits are timed as `upstream` and whose end ends the
-    upstream span. After `defer()` the span is left open at the end (its end time noted) for
-    `ModerationSpans.stream_done`, which adds the usage the moderated stream collected."""
+    upstream span. After `defer()` the span is recorded by `finish()` instead, which adds the
+    usage the moderated stream collected."""
 
-    __slots__ = ("_closed", "_deferred", "_ended_ns", "_inner", "_span", "_timing")
+    __slots__ = ("_annotate", "_deferred", "_inner", "_span", "_timing")
 
-    def __init__(self, inner: AsyncIterator[bytes], span: Span, timing: RequestTiming) -> None:
+    def __init__(
+        self,
+        inner: AsyncIterator[bytes],
+        span: LateSpan | None,
+        timing: RequestTiming,
+        annotate: Annotate,
+    ) -> None:
         self._inner = inner
         self._span = span
         self._timing = timing
+        self._annotate = annotate
         self._deferred = False
-        self._ended_ns: int | None = None
-        self._closed = False
 
     def __aiter__(self) -> UpstreamStream:
         return self
@@ -107,9 +129,8 @@ class UpstreamStream:
             self._ended()
             raise
         except BaseException as exc:
-            if self._span.is_recording():
-                self._span.record_exception(exc)
-                self._span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            if self._span is not None:
+                self._span.fail(exc)
             self._ended()
             raise
         finally:
@@ -127,17 +148,22 @@ class UpstreamStream:
         self._deferred = True
 
     def _ended(self) -> None:
-        if self._ended_ns is None:
-            self._ended_ns = time.time_ns()
-            if not self._deferred:
-                self._span.end(self._ended_ns)
+        if self._span is None:
+            return
+        self._span.end()
+        if not self._deferred:
+            _record_later(self._timing, self._span, self._annotate)
 
     def finish(self, model: str | None, usage: dict[str, Any] | None) -> None:
-        """End a deferred span with what the moderated stream learned (model, usage)."""
-        if self._closed or not self._deferred:
+        """Record a deferred span with what the moderated stream learned (model, usage)."""
+        span = self._span
+        if span is None or not self._deferred:
             return
-        self._closed = True
-        if self._span.is_recording():
+        span.end()  # no-op when the body ended first; else the client left early
+        annotate = self._annotate
+
+        def with_usage(otel_span: Span) -> None:
+            annotate(otel_span)
             input_tokens, output_tokens = _tokens(usage)
             for key, value in (
                 (tracing.GEN_AI_RESPONSE_MODEL, model),
@@ -145,8 +171,9 @@ class UpstreamStream:
                 (tracing.GEN_AI_USAGE_OUTPUT_TOKENS, output_tokens),
             ):
                 if value is not None:
-                    self._span.set_attribute(key, value)
-        self._span.end(self._ended_ns)  # None (still open, e.g. client gone): now
+                    otel_span.set_attribute(key, value)
+
+        _record_later(self._timing, span, with_usage)
 
 
 class ModerationSpans:
@@ -156,6 +183,11 @@ class ModerationSpans:
         self.tracer: Tracer = tracer if tracer is not None else NoOpTracer()
         self.record_content = record_content
         self._providers: dict[str, str] = {}
+
+    @staticmethod
+    def timing(call: ChatCall) -> RequestTiming:
+        """The request's ledger, started when the request's first byte arrived."""
+        return CallTiming(call.started, call.scope_state)
 
     # --- guard checks -------------------------------------------------------------------------
 
@@ -171,12 +203,24 @@ class ModerationSpans:
         index: int | None = None,
     ) -> StageResult:
         """One guard decision in its own span; the guard gets this span's traceparent."""
-        with self.tracer.start_as_current_span(name) as span:
+        span = LateSpan.start(self.tracer, name)
+        headers = span.carrier() if span is not None else None
+        try:
             with timing.measure(kind):
-                headers = tracing.inject()
                 result = await judge(engine, request, policy, headers=headers or None)
-            if span.is_recording():
-                self._annotate(span, result, policy, request, index)
+        except BaseException as exc:
+            if span is not None:
+                span.fail(exc)
+                span.end()
+                _record_later(timing, span, None)
+            raise
+        if span is not None:
+            span.end()
+
+            def annotate(otel_span: Span) -> None:
+                self._annotate(otel_span, result, policy, request, index)
+
+            _record_later(timing, span, annotate)
         return result
 
     def _annotate(
@@ -222,41 +266,52 @@ class ModerationSpans:
         timing: RequestTiming,
     ) -> UpstreamReply:
         """Call the upstream in a CLIENT span that its traceparent names as the parent."""
-        span = self.tracer.start_span(tracing.SPAN_UPSTREAM, kind=SpanKind.CLIENT)
-        carrier = tracing.inject(set_span_in_context(span))
-        if carrier:
-            call = replace(call, headers=with_trace_headers(call.headers, carrier))
+        span = LateSpan.start(self.tracer, tracing.SPAN_UPSTREAM, SpanKind.CLIENT)
+        if span is not None:
+            call = replace(call, headers=with_trace_headers(call.headers, span.carrier()))
         started = time.perf_counter()
         try:
-            with use_span(span, record_exception=False, set_status_on_exception=False):
-                reply = await forward(state, call)
+            reply = await forward(state, call)
         except BaseException as exc:
             timing.add("upstream", started, time.perf_counter())
-            self._failed(span, exc)
-            span.end()
+            if span is not None:
+                span.end()
+                if isinstance(exc, asyncio.CancelledError):
+                    # Parallel input check blocked: cancelled on purpose, not an error.
+                    _record_later(timing, span, _cancelled)
+                else:
+                    span.fail(exc)
+                    _record_later(timing, span, None)
             raise
         timing.add("upstream", started, time.perf_counter())
-        if span.is_recording():
-            model: str | None = None
+        provider = self._provider(state, call.route.upstream)
+        status, body, model = reply.status, reply.body, call.body.model or None
+        streamed = reply.stream is not None
+
+        def annotate(otel_span: Span) -> None:
+            response_model: str | None = None
             input_tokens: int | None = None
             output_tokens: int | None = None
-            if reply.stream is None and reply.status < 400:
-                model, input_tokens, output_tokens = _usage(reply.body)
+            if not streamed and status < 400:
+                response_model, input_tokens, output_tokens = _usage(body)
             tracing.set_upstream_attributes(
-                span,
-                provider=self._provider(state, call.route.upstream),
-                request_model=call.body.model or None,
-                response_model=model,
+                otel_span,
+                provider=provider,
+                request_model=model,
+                response_model=response_model,
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
             )
-            span.set_attribute("http.response.status_code", reply.status)
-            if reply.status >= 400:
-                span.set_status(Status(StatusCode.ERROR))
-        if reply.stream is None:
+            otel_span.set_attribute("http.response.status_code", status)
+            if status >= 400:
+                otel_span.set_status(Status(StatusCode.ERROR))
+
+        if reply.stream is not None:
+            # The span lasts as long as the body: UpstreamStream records it at its end.
+            reply.stream = UpstreamStream(reply.stream, span, timing, annotate)
+        elif span is not None:
             span.end()
-            return reply
-        reply.stream = UpstreamStream(reply.stream, span, timing)
+            _record_later(timing, span, annotate)
         return reply
 
     @staticmethod
@@ -267,7 +322,7 @@ class ModerationSpans:
 
     @staticmethod
     def stream_done(stream: AsyncIterator[bytes] | None, outcome: StreamOutcome) -> None:
-        """The moderated stream ended: the upstream span gets the usage and ends."""
+        """The moderated stream ended: the upstream span gets the usage and is recorded."""
         if isinstance(stream, UpstreamStream):
             stream.finish(outcome.model, outcome.usage)
 
@@ -281,13 +336,6 @@ class ModerationSpans:
             self._providers[upstream] = provider
         return provider
 
-    @staticmethod
-    def _failed(span: Span, exc: BaseException) -> None:
-        if not span.is_recording():
-            return
-        if isinstance(exc, asyncio.CancelledError):
-            # Parallel input check blocked: the call was cancelled on purpose, not an error.
-            span.set_attribute("guardline.cancelled", True)
-            return
-        span.record_exception(exc)
-        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+
+def _cancelled(span: Span) -> None:
+    span.set_attribute("guardline.cancelled", True)

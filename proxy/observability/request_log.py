@@ -4,7 +4,8 @@ Pure ASGI, placed just inside `ObservabilityMiddleware` (so its SERVER span is c
 line carries its trace and span ids) and outside `GatewayMiddleware` (so the status is what the
 client got, error renders included). What it reports comes from `scope["state"]`: request id,
 tenant and route (set by the middleware and the handler) and, for a moderated request, the
-`ModerationSummary` the pipeline's report left there (policy, verdicts, timings).
+`ModerationSummary` the pipeline's report left there (policy, verdicts, timings). It also runs
+the report's work deferred until the response has gone out (metrics, audit records).
 
 A monitor-mode stream settles its moderation after the response has ended: its line has the
 HTTP facts only; its decisions are in the metrics and the audit trail.
@@ -21,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.moderation.report import STATE_MODERATION, ModerationSummary
 from proxy.observability import tracing
+from proxy.observability.after_response import run_after_response
 from proxy.observability.asgi import (
     STATE_REQUEST_ID,
     STATE_ROUTE,
@@ -54,6 +56,9 @@ class RequestLogMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            # The response is out (or failed): the moderation report's deferred work, then
+            # the request's line.
+            run_after_response(state)
             self._report(scope, state, status, started)
 
     def _report(self, scope: Scope, state: dict[str, Any], status: int, started: float) -> None:

@@ -19,6 +19,7 @@ from opentelemetry.trace import NoOpTracer, Tracer
 
 from proxy.config_schema import GatewayConfig
 from proxy.observability import tracing
+from proxy.observability.late_spans import ReservedIds
 from proxy.observability.logs import Redactor, configure_logging
 from proxy.observability.metrics import GatewayMetrics
 
@@ -92,8 +93,13 @@ def build_observability(
     provider: TracerProvider | None = None
     tracer: Tracer = NoOpTracer()
     if config.tracing.enabled:
+        # Child spans are recorded after the response with the ids their traceparent carried
+        # (proxy.observability.late_spans).
         provider = tracing.setup_tracing(
-            service_name=service_name, env=env, span_processor=span_processor
+            service_name=service_name,
+            env=env,
+            span_processor=span_processor,
+            id_generator=ReservedIds(),
         )
         tracer = tracing.tracer(provider)
 

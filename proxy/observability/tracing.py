@@ -17,6 +17,7 @@ from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -111,10 +112,12 @@ def setup_tracing(
     env: Mapping[str, str] | None = None,
     span_processor: SpanProcessor | None = None,
     console_stream: IO[str] | None = None,
+    id_generator: IdGenerator | None = None,
 ) -> TracerProvider:
     """Build a TracerProvider from the standard OTEL_* variables (`env`, default os.environ).
 
-    `span_processor` is added beside the configured exporters (tests pass an in-memory one).
+    `span_processor` is added beside the configured exporters (tests pass an in-memory one);
+    `id_generator` replaces the SDK's random one (see proxy.observability.late_spans).
     Raises TracingConfigError at startup for an unknown exporter or an unsupported protocol.
     """
     if env is None:
@@ -124,11 +127,11 @@ def setup_tracing(
     resource = otlp.resource(service_name, env)
     if otlp.sdk_disabled(env):
         # Spans become non-recording (cheap) but trace context still flows to the upstream.
-        provider = TracerProvider(sampler=ALWAYS_OFF, resource=resource)
+        provider = TracerProvider(sampler=ALWAYS_OFF, resource=resource, id_generator=id_generator)
         if span_processor is not None:
             provider.add_span_processor(span_processor)
         return provider
-    provider = TracerProvider(sampler=_sampler(env), resource=resource)
+    provider = TracerProvider(sampler=_sampler(env), resource=resource, id_generator=id_generator)
     for exporter in _exporters(env, console_stream):
         batch = _batch_settings(env)
         provider.add_span_processor(
