@@ -36,7 +36,7 @@ from proxy.forward import ChatCall, ChatService
 from proxy.moderation.decide import StageResult, judge
 from proxy.observability import tracing
 from proxy.observability.after_response import after_response
-from proxy.observability.late_spans import Annotate, LateSpan
+from proxy.observability.late_spans import Annotate, LateSpan, Parent
 from proxy.observability.timing import Kind, RequestTiming
 from proxy.upstreams.reply import RawHeaders, UpstreamReply
 
@@ -83,15 +83,27 @@ class CallTiming(RequestTiming):
     """A request's timing ledger that also knows the request's scope state (for the work
     deferred until the response is out)."""
 
-    __slots__ = ("state",)
+    __slots__ = ("parent", "state")
 
     def __init__(self, start: float | None, state: dict[str, Any] | None) -> None:
         super().__init__(start)
         self.state = state
+        self.parent: Parent | bool | None = False  # False: not looked up yet
 
 
 def _defer(timing: RequestTiming, work: Callable[[], None]) -> None:
     after_response(timing.state if isinstance(timing, CallTiming) else None, work)
+
+
+def _parent(timing: RequestTiming) -> Parent | None:
+    """The request's span, looked up once per request (cached on its ledger)."""
+    if not isinstance(timing, CallTiming):
+        return Parent.current()
+    parent = timing.parent
+    if parent is False:
+        parent = timing.parent = Parent.current()
+    assert parent is None or isinstance(parent, Parent)
+    return parent
 
 
 def _record_later(timing: RequestTiming, span: LateSpan, annotate: Annotate | None) -> None:
@@ -203,7 +215,8 @@ class ModerationSpans:
         index: int | None = None,
     ) -> StageResult:
         """One guard decision in its own span; the guard gets this span's traceparent."""
-        span = LateSpan.start(self.tracer, name)
+        parent = _parent(timing)
+        span = LateSpan.start(self.tracer, name, parent) if parent is not None else None
         headers = span.carrier() if span is not None else None
         try:
             with timing.measure(kind):
@@ -266,8 +279,10 @@ class ModerationSpans:
         timing: RequestTiming,
     ) -> UpstreamReply:
         """Call the upstream in a CLIENT span that its traceparent names as the parent."""
-        span = LateSpan.start(self.tracer, tracing.SPAN_UPSTREAM, SpanKind.CLIENT)
-        if span is not None:
+        parent = _parent(timing)
+        span = None
+        if parent is not None:
+            span = LateSpan.start(self.tracer, tracing.SPAN_UPSTREAM, parent, SpanKind.CLIENT)
             call = replace(call, headers=with_trace_headers(call.headers, span.carrier()))
         started = time.perf_counter()
         try:

@@ -6,7 +6,8 @@ attributes, its end) can wait until the response has been sent. On this gateway'
 OpenTelemetry SDK's `start_span` takes 50-100 µs per call once caches are cold (it is about 8 µs
 in a tight loop), which made tracing the largest part of the gateway's own overhead.
 
-`LateSpan.start()` reserves a random span id (a few µs), `carrier()` gives the trace headers,
+`LateSpan.start(tracer, name, parent)` reserves a random span id (a few µs; `Parent.current()`
+is looked up once per request), `carrier()` gives the trace headers,
 `end()` notes the end time, and `record(annotate)` later creates the SDK span with exactly that
 id (through `ReservedIds`, the provider's id generator), its real start and end times, and the
 attributes `annotate` sets. The trace is the same as if the span had been made on the spot.
@@ -28,7 +29,6 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import (
     INVALID_SPAN_ID,
     INVALID_TRACE_ID,
-    NonRecordingSpan,
     Span,
     SpanContext,
     SpanKind,
@@ -36,8 +36,6 @@ from opentelemetry.trace import (
     StatusCode,
     Tracer,
 )
-
-from proxy.observability import tracing
 
 Annotate = Callable[[Span], None]
 
@@ -70,8 +68,28 @@ def new_span_id() -> int:
     return span_id
 
 
+class Parent:
+    """The span that late spans are children of (the request's current span), looked up once
+    per request: on a cold cache every OpenTelemetry context call costs microseconds."""
+
+    __slots__ = ("context", "span_context", "tracestate")
+
+    def __init__(self, context: Context, span_context: SpanContext) -> None:
+        self.context = context
+        self.span_context = span_context
+        state = span_context.trace_state
+        self.tracestate = state.to_header() if state else None
+
+    @classmethod
+    def current(cls) -> Parent | None:
+        """The current span as a parent; None when there is no trace (tracing off)."""
+        context = otel_context.get_current()
+        span_context = trace.get_current_span(context).get_span_context()
+        return cls(context, span_context) if span_context.is_valid else None
+
+
 class LateSpan:
-    """One child of the current span, recorded after the fact (see the module doc)."""
+    """One child of `parent`, recorded after the fact (see the module doc)."""
 
     __slots__ = (
         "_ended_ns",
@@ -84,7 +102,7 @@ class LateSpan:
         "_span",
         "_start_ns",
         "_tracer",
-        "context",
+        "span_id",
     )
 
     def __init__(
@@ -93,8 +111,8 @@ class LateSpan:
         ids: ReservedIds | None,
         name: str,
         kind: SpanKind,
-        parent: Context,
-        span_context: SpanContext,
+        parent: Parent,
+        span_id: int,
         span: Span | None,
     ) -> None:
         self._tracer = tracer
@@ -102,7 +120,7 @@ class LateSpan:
         self._name = name
         self._kind = kind
         self._parent = parent
-        self.context = span_context
+        self.span_id = span_id
         self._span = span  # only without ReservedIds: the span started at once
         self._start_ns = time.time_ns()
         self._ended_ns: int | None = None
@@ -111,29 +129,26 @@ class LateSpan:
 
     @classmethod
     def start(
-        cls, tracer: Tracer, name: str, kind: SpanKind = SpanKind.INTERNAL
-    ) -> LateSpan | None:
-        """A child of the current span; None when there is no trace (tracing off)."""
-        parent = otel_context.get_current()
-        parent_context = trace.get_current_span(parent).get_span_context()
-        if not parent_context.is_valid:
-            return None
+        cls, tracer: Tracer, name: str, parent: Parent, kind: SpanKind = SpanKind.INTERNAL
+    ) -> LateSpan:
+        """A child of `parent` (from `Parent.current()`)."""
         ids = getattr(tracer, "id_generator", None)
         if not isinstance(ids, ReservedIds):
-            span = tracer.start_span(name, context=parent, kind=kind)
-            return cls(tracer, None, name, kind, parent, span.get_span_context(), span)
-        span_context = SpanContext(
-            trace_id=parent_context.trace_id,
-            span_id=new_span_id(),
-            is_remote=False,
-            trace_flags=parent_context.trace_flags,
-            trace_state=parent_context.trace_state,
-        )
-        return cls(tracer, ids, name, kind, parent, span_context, None)
+            span = tracer.start_span(name, context=parent.context, kind=kind)
+            return cls(tracer, None, name, kind, parent, span.get_span_context().span_id, span)
+        return cls(tracer, ids, name, kind, parent, new_span_id(), None)
 
     def carrier(self) -> dict[str, str]:
-        """traceparent/tracestate naming this span as the parent of an outgoing call."""
-        return tracing.inject(trace.set_span_in_context(NonRecordingSpan(self.context)))
+        """traceparent/tracestate naming this span as the parent of an outgoing call (W3C
+        trace context, formatted here: the propagator's generic path costs more)."""
+        parent = self._parent.span_context
+        headers = {
+            "traceparent": f"00-{parent.trace_id:032x}-{self.span_id:016x}-"
+            f"{int(parent.trace_flags):02x}"
+        }
+        if self._parent.tracestate:
+            headers["tracestate"] = self._parent.tracestate
+        return headers
 
     def fail(self, exc: BaseException) -> None:
         self._error = exc
@@ -150,12 +165,15 @@ class LateSpan:
         self._recorded = True
         span = self._span
         if span is None:
-            if not self.context.trace_flags.sampled or self._ids is None:
+            if not self._parent.span_context.trace_flags.sampled or self._ids is None:
                 return  # the trace is not sampled: nothing is recorded, as with the SDK
-            self._ids.next_span_id = self.context.span_id
+            self._ids.next_span_id = self.span_id
             try:
                 span = self._tracer.start_span(
-                    self._name, context=self._parent, kind=self._kind, start_time=self._start_ns
+                    self._name,
+                    context=self._parent.context,
+                    kind=self._kind,
+                    start_time=self._start_ns,
                 )
             finally:
                 self._ids.next_span_id = None
