@@ -72,13 +72,16 @@ class Parent:
     """The span that late spans are children of (the request's current span), looked up once
     per request: on a cold cache every OpenTelemetry context call costs microseconds."""
 
-    __slots__ = ("context", "span_context", "tracestate")
+    __slots__ = ("context", "prefix", "span_context", "suffix", "tracestate")
 
     def __init__(self, context: Context, span_context: SpanContext) -> None:
         self.context = context
         self.span_context = span_context
         state = span_context.trace_state
         self.tracestate = state.to_header() if state else None
+        # traceparent = prefix + child span id + suffix (W3C trace context, version 00)
+        self.prefix = f"00-{span_context.trace_id:032x}-"
+        self.suffix = f"-{int(span_context.trace_flags):02x}"
 
     @classmethod
     def current(cls) -> Parent | None:
@@ -141,13 +144,10 @@ class LateSpan:
     def carrier(self) -> dict[str, str]:
         """traceparent/tracestate naming this span as the parent of an outgoing call (W3C
         trace context, formatted here: the propagator's generic path costs more)."""
-        parent = self._parent.span_context
-        headers = {
-            "traceparent": f"00-{parent.trace_id:032x}-{self.span_id:016x}-"
-            f"{int(parent.trace_flags):02x}"
-        }
-        if self._parent.tracestate:
-            headers["tracestate"] = self._parent.tracestate
+        parent = self._parent
+        headers = {"traceparent": f"{parent.prefix}{self.span_id:016x}{parent.suffix}"}
+        if parent.tracestate:
+            headers["tracestate"] = parent.tracestate
         return headers
 
     def fail(self, exc: BaseException) -> None:
