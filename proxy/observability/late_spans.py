@@ -54,6 +54,9 @@ class ReservedIds(IdGenerator):
             return reserved
         return new_span_id()
 
+    def is_trace_id_random(self) -> bool:
+        return True  # both ids are random, as with the SDK's RandomIdGenerator
+
     def generate_trace_id(self) -> int:
         trace_id = random.getrandbits(128)
         while trace_id == INVALID_TRACE_ID:

@@ -1,0 +1,141 @@
+"""Late spans: the traceparent sent out names the span that is recorded after the response, with
+its real times; unsampled traces record nothing; without ReservedIds the span starts at once.
+Also the after-response queue that runs the deferred work."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
+from opentelemetry.trace import SpanKind, StatusCode
+
+from proxy.observability import tracing
+from proxy.observability.after_response import after_response, run_after_response
+from proxy.observability.late_spans import LateSpan, Parent, ReservedIds
+
+TRACESTATE = "vendor=abc"
+
+
+def _tracer(
+    *, reserved: bool = True, sampled: bool = True
+) -> tuple[trace.Tracer, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(
+        sampler=ALWAYS_ON if sampled else ALWAYS_OFF,
+        id_generator=ReservedIds() if reserved else None,
+    )
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return tracing.tracer(provider), exporter
+
+
+def test_reserved_ids_hand_out_the_reserved_span_id_once() -> None:
+    ids = ReservedIds()
+    ids.next_span_id = 0x1234
+    assert ids.generate_span_id() == 0x1234
+    assert ids.generate_span_id() not in (0, 0x1234)
+    assert ids.generate_trace_id() != 0 and ids.is_trace_id_random()
+
+
+def test_late_span_is_recorded_with_the_announced_id_and_real_times() -> None:
+    tracer, exporter = _tracer()
+    client = tracing.extract_context(
+        {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+         "tracestate": TRACESTATE}
+    )  # fmt: skip
+    with tracer.start_as_current_span("server", context=client) as server:
+        parent = Parent.current()
+        assert parent is not None
+        late = LateSpan.start(tracer, "upstream", parent, SpanKind.CLIENT)
+        carrier = late.carrier()
+        started = time.time_ns()
+        late.end()
+    # The outgoing headers parse back to this trace and the reserved span id.
+    sent = trace.get_current_span(tracing.extract_context(carrier)).get_span_context()
+    assert sent.trace_id == server.get_span_context().trace_id
+    assert sent.span_id == late.span_id
+    assert carrier["tracestate"] == TRACESTATE
+    assert carrier == tracing.inject(trace.set_span_in_context(trace.NonRecordingSpan(sent)))
+
+    late.record(lambda span: span.set_attribute("k", "v"))
+    late.record()  # once only
+    recorded = [s for s in exporter.get_finished_spans() if s.name == "upstream"]
+    assert len(recorded) == 1
+    span = recorded[0]
+    assert span.context.span_id == late.span_id and span.kind == SpanKind.CLIENT
+    assert span.parent is not None
+    assert span.parent.span_id == server.get_span_context().span_id
+    assert span.start_time is not None and span.end_time is not None
+    assert span.start_time <= started <= span.end_time
+    assert dict(span.attributes or {}) == {"k": "v"}
+
+
+def test_a_failure_is_recorded_on_the_span() -> None:
+    tracer, exporter = _tracer()
+    with tracer.start_as_current_span("server"):
+        parent = Parent.current()
+    assert parent is not None
+    late = LateSpan.start(tracer, "guard.input", parent)
+    late.fail(TimeoutError("guard timed out"))
+    late.end()
+    late.record()
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "guard.input"]
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.events[0].name == "exception"
+
+
+def test_unsampled_trace_propagates_but_records_nothing() -> None:
+    tracer, exporter = _tracer(sampled=False)
+    with tracer.start_as_current_span("server"):
+        parent = Parent.current()
+    assert parent is not None
+    late = LateSpan.start(tracer, "guard.input", parent)
+    flags = int(late.carrier()["traceparent"].rsplit("-", 1)[1], 16)
+    assert flags & 0x01 == 0  # not sampled, as the parent
+    late.end()
+    late.record()
+    assert exporter.get_finished_spans() == ()
+
+
+def test_no_current_span_means_no_parent() -> None:
+    assert Parent.current() is None
+
+
+def test_without_reserved_ids_the_span_starts_at_once() -> None:
+    tracer, exporter = _tracer(reserved=False)
+    with tracer.start_as_current_span("server"):
+        parent = Parent.current()
+    assert parent is not None
+    late = LateSpan.start(tracer, "guard.input", parent)
+    late.end()
+    late.record(lambda span: span.set_attribute("k", 1))
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "guard.input"]
+    assert span.context.span_id == late.span_id
+    assert dict(span.attributes or {}) == {"k": 1}
+
+
+def test_after_response_queue_runs_in_order_then_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    state: dict[str, object] = {}
+    ran: list[str] = []
+    after_response(state, lambda: ran.append("a"))
+
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    after_response(state, broken)
+    after_response(state, lambda: ran.append("b"))
+    assert ran == []
+    with caplog.at_level(logging.ERROR):
+        run_after_response(state)
+    assert ran == ["a", "b"]
+    assert "after-response work failed" in caplog.text
+    after_response(state, lambda: ran.append("late"))  # the response is already out
+    after_response(None, lambda: ran.append("no state"))
+    assert ran == ["a", "b", "late", "no state"]
