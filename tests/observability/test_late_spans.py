@@ -12,12 +12,12 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanKind, StatusCode
 
 from proxy.observability import tracing
 from proxy.observability.after_response import after_response, run_after_response
-from proxy.observability.late_spans import LateSpan, Parent, ReservedIds
+from proxy.observability.late_spans import LateSpan, LateTracer, Parent, ReservedIds
 
 TRACESTATE = "vendor=abc"
 
@@ -27,7 +27,7 @@ def _tracer(
 ) -> tuple[trace.Tracer, InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider(
-        sampler=ALWAYS_ON if sampled else ALWAYS_OFF,
+        sampler=ParentBased(ALWAYS_ON) if sampled else ALWAYS_OFF,
         id_generator=ReservedIds() if reserved else None,
     )
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -139,3 +139,51 @@ def test_after_response_queue_runs_in_order_then_at_once(
     after_response(state, lambda: ran.append("late"))  # the response is already out
     after_response(None, lambda: ran.append("no state"))
     assert ran == ["a", "b", "late", "no state"]
+
+
+def test_late_tracer_root_span_keeps_its_ids_times_and_attributes() -> None:
+    sdk_tracer, exporter = _tracer()
+    tracer = LateTracer(sdk_tracer)
+    span = tracer.start_span("GET", kind=SpanKind.SERVER, attributes={"a": 1})
+    ids = span.get_span_context()
+    assert ids.is_valid and ids.trace_flags.sampled and span.is_recording()
+    with trace.use_span(span, end_on_exit=False):
+        parent = Parent.current()
+        assert parent is not None and parent.span_context == ids
+    span.update_name("GET /x")
+    span.set_attribute("b", "two")
+    span.record_exception(ValueError("bad"))
+    span.set_status(StatusCode.ERROR)
+    assert exporter.get_finished_spans() == ()  # nothing recorded before the end
+    span.end()
+    span.end()
+    (recorded,) = exporter.get_finished_spans()
+    assert recorded.name == "GET /x" and recorded.kind == SpanKind.SERVER
+    assert recorded.context.trace_id == ids.trace_id and recorded.context.span_id == ids.span_id
+    assert recorded.parent is None
+    assert dict(recorded.attributes or {}) == {"a": 1, "b": "two"}
+    assert recorded.status.status_code == StatusCode.ERROR
+    assert recorded.events[0].name == "exception"
+
+
+def test_late_tracer_continues_a_remote_parent_and_drops_unsampled() -> None:
+    sdk_tracer, exporter = _tracer()
+    tracer = LateTracer(sdk_tracer)
+    remote = tracing.extract_context(
+        {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"}
+    )
+    span = tracer.start_span("POST", context=remote, kind=SpanKind.SERVER)
+    # parentbased_always_on follows the client's "not sampled".
+    assert not span.is_recording() and not span.get_span_context().trace_flags.sampled
+    span.end()
+    assert exporter.get_finished_spans() == ()
+    with tracer.start_as_current_span("op") as current:
+        assert trace.get_current_span() is current
+    (recorded,) = exporter.get_finished_spans()
+    assert recorded.name == "op"
+
+
+def test_late_tracer_needs_reserved_ids() -> None:
+    sdk_tracer, _ = _tracer(reserved=False)
+    with pytest.raises(ValueError):
+        LateTracer(sdk_tracer)
