@@ -209,6 +209,10 @@ def report(args: argparse.Namespace, measured: dict[str, Any]) -> str:
             f"{_f(external)} | {_f(v.overhead.p50)} | {_f(v.overhead.p90)} | "
             f"{_f(external - v.overhead.p50)} | {_f(v.cpu_ms)} |"
         )
+    lines += ["", "Server-Timing p50 ms (as the gateway measured) and the direct upstream p50:", ""]
+    for v in results.values():
+        parts = ", ".join(f"{k} {_f(series.p50)}" for k, series in v.timing.items())
+        lines.append(f"- {v.name}: {parts}; direct upstream {_f(v.direct.p50)}")
     if "off" not in results or "on" not in results:
         return "\n".join(lines)
     off, on = results["off"], results["on"]
