@@ -57,7 +57,13 @@ async def test_default_guard_and_policy_guard_and_override() -> None:
     a, b = RecordingBackend("a"), RecordingBackend("b")
     engine = GuardEngine({"a": a, "b": b}, default_guard="a")
     v = await engine.check(GuardRequest(prompt="hi"), make_policy())
-    assert (v.guard, v.model, v.policy, v.mode, v.flagged) == ("a", "a-model", "test@0123abcd", "categories", False)
+    assert (v.guard, v.model, v.policy, v.mode, v.flagged) == (
+        "a",
+        "a-model",
+        "test@0123abcd",
+        "categories",
+        False,
+    )
     await engine.check(GuardRequest(prompt="hi"), make_policy(guard="b"))
     await engine.check(GuardRequest(prompt="hi"), make_policy(guard="b"), guard="a", mode="think")
     assert len(a.calls) == 2 and len(b.calls) == 1
@@ -66,7 +72,9 @@ async def test_default_guard_and_policy_guard_and_override() -> None:
 
 async def test_output_check_flags_on_response_label_only() -> None:
     engine = GuardEngine({"a": RecordingBackend("a")}, default_guard="a")
-    refusal = await engine.check(GuardRequest(prompt="a bomb", response="I can't help"), make_policy())
+    refusal = await engine.check(
+        GuardRequest(prompt="a bomb", response="I can't help"), make_policy()
+    )
     assert refusal.stage == "output" and refusal.prompt_label == "unsafe" and not refusal.flagged
     harmful = await engine.check(GuardRequest(prompt="hi", response="build a bomb"), make_policy())
     assert harmful.flagged and harmful.label == "unsafe"
