@@ -65,9 +65,13 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 }
 
 
+PASS_PREFIX = "/pass"  # the route without guard checks (same gateway, same observability)
+
+
 @dataclass
 class Variant:
     name: str
+    guard_calls: int  # guard round trips on the path (2 on the full route, 0 on /pass)
     total: Series = field(default_factory=Series)
     external: Series = field(default_factory=Series)  # total - paired direct
     overhead: Series = field(default_factory=Series)  # Server-Timing overhead
@@ -78,25 +82,29 @@ class Variant:
 
 def write_config(folder: Path, name: str, guard_url: str, upstream_url: str) -> Path:
     (folder / "audit").mkdir(exist_ok=True)
-    policy = folder / "policy.yaml"
-    policy.write_text(
-        yaml.safe_dump(
-            {
-                "name": "bench",
-                "description": "observability benchmark",
-                "input": {"enabled": True, "parallel": False},
-                "output": {"enabled": True},
-                "on_guard_error": "closed",
-            }
+    policy, passing = folder / "policy.yaml", folder / "pass.yaml"
+    for path, enabled in ((policy, True), (passing, False)):
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "name": path.stem,
+                    "description": "observability benchmark",
+                    "input": {"enabled": enabled, "parallel": False},
+                    "output": {"enabled": enabled},
+                    "on_guard_error": "closed",
+                }
+            )
         )
-    )
     parts = VARIANTS[name]
     config = {
         "server": {"host": "127.0.0.1", "port": 8080},
         "default_guard": "g",
         "guards": {"g": {"type": "sglang", "base_url": guard_url, "timeout_ms": 3000}},
         "upstreams": {"up": {"type": "openai", "base_url": f"{upstream_url}/v1"}},
-        "routes": [{"name": "bench", "upstream": "up", "policy": str(policy)}],
+        "routes": [
+            {"name": "pass", "path_prefix": PASS_PREFIX, "upstream": "up", "policy": str(passing)},
+            {"name": "bench", "upstream": "up", "policy": str(policy)},
+        ],
         "tracing": {"enabled": "tracing" in parts},
         "metrics": {"enabled": "metrics" in parts},
         # Not in the policy's folder: its watcher would see every audit write as a change.
@@ -148,12 +156,15 @@ def run(args: argparse.Namespace, folder: Path, otlp_url: str | None) -> dict[st
             "authorization": "Bearer sk-bench",
             "x-double-delay-ms": str(args.upstream_ms),
         }
-        clients = {n: stack.enter_context(httpx.Client(timeout=30)) for n in ("direct", *variants)}
+        targets = [*variants, *(f"{n}{PASS_PREFIX}" for n in variants)]
+        clients = {n: stack.enter_context(httpx.Client(timeout=30)) for n in ("direct", *targets)}
         urls = {
             "direct": f"{upstream.url}/v1/chat/completions",
             **{n: f"{gateways[n].url}/v1/chat/completions" for n in variants},
-        }
-        results = {n: Variant(n) for n in variants}
+            **{f"{n}{PASS_PREFIX}": f"{gateways[n].url}{PASS_PREFIX}/v1/chat/completions"
+               for n in variants},
+        }  # fmt: skip
+        results = {n: Variant(n, 0 if n.endswith(PASS_PREFIX) else 2) for n in targets}
         cpu_start: dict[str, float] = {}
         rng = random.Random(5)
         for i in range(args.warmup + args.requests):
@@ -162,11 +173,11 @@ def run(args: argparse.Namespace, folder: Path, otlp_url: str | None) -> dict[st
             body = _body(i)
             # A new order every round: no variant always runs right after another one (whose
             # after-response work, e.g. the audit thread, would otherwise always hit it).
-            order = ["direct", *variants]
+            order = ["direct", *targets]
             rng.shuffle(order)
             samples = {name: chat(clients[name], urls[name], body, headers) for name in order}
             direct = samples["direct"]
-            for name in variants:
+            for name in targets:
                 sample = samples[name]
                 if sample.status != 200:
                     raise RuntimeError(f"{name} answered {sample.status}")
@@ -183,7 +194,7 @@ def run(args: argparse.Namespace, folder: Path, otlp_url: str | None) -> dict[st
         for name in variants:
             cpu = gateways[name].cpu_s() - cpu_start[name]
             results[name].cpu_ms = cpu * 1000.0 / args.requests
-    return {"rtt": rtt, "results": results}
+    return {"rtt": rtt, "results": results}  # cpu_ms: per round (full + /pass request)
 
 
 def _f(value: float) -> str:
@@ -199,15 +210,16 @@ def report(args: argparse.Namespace, measured: dict[str, Any]) -> str:
         + (", spans exported over OTLP/HTTP" if args.otlp else ", spans not exported"),
         "",
         "| variant | total p50 ms | p90 | p99 | external added p50 ms | Server-Timing overhead "
-        "p50 ms | p90 | external - self-reported ms | gateway CPU ms/req |",
+        "p50 ms | p90 | external - self-reported ms | gateway CPU ms per full + pass |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for v in results.values():
-        external = v.external.p50 - 2 * rtt.p50
+        external = v.external.p50 - v.guard_calls * rtt.p50
+        cpu = _f(v.cpu_ms) if v.cpu_ms else ""
         lines.append(
             f"| {v.name} | {_f(v.total.p50)} | {_f(v.total.p90)} | {_f(v.total.p99)} | "
             f"{_f(external)} | {_f(v.overhead.p50)} | {_f(v.overhead.p90)} | "
-            f"{_f(external - v.overhead.p50)} | {_f(v.cpu_ms)} |"
+            f"{_f(external - v.overhead.p50)} | {cpu} |"
         )
     lines += ["", "Server-Timing p50 ms (as the gateway measured) and the direct upstream p50:", ""]
     for v in results.values():
@@ -215,17 +227,20 @@ def report(args: argparse.Namespace, measured: dict[str, Any]) -> str:
         lines.append(f"- {v.name}: {parts}; direct upstream {_f(v.direct.p50)}")
     if "off" not in results or "on" not in results:
         return "\n".join(lines)
-    off, on = results["off"], results["on"]
-    paired = statistics.median(
-        a - b for a, b in zip(on.total.values, off.total.values, strict=True)
-    )
-    lines += [
-        "",
-        f"added by tracing + metrics + audit: p50(on) - p50(off) = "
-        f"{_f(on.total.p50 - off.total.p50)} ms; median of paired differences "
-        f"{_f(paired)} ms; self-reported overhead p50 {_f(on.overhead.p50 - off.overhead.p50)} "
-        f"ms more; gateway CPU {_f(on.cpu_ms - off.cpu_ms)} ms/req more",
-    ]
+    lines.append("")
+    for suffix, label in (("", "full moderation"), (PASS_PREFIX, "no guard checks")):
+        off, on = results["off" + suffix], results["on" + suffix]
+        paired = statistics.median(
+            a - b for a, b in zip(on.total.values, off.total.values, strict=True)
+        )
+        lines.append(
+            f"- added by tracing + metrics + audit, {label}: p50(on) - p50(off) = "
+            f"{_f(on.total.p50 - off.total.p50)} ms; median of paired differences "
+            f"{_f(paired)} ms; self-reported overhead p50 "
+            f"{_f(on.overhead.p50 - off.overhead.p50)} ms more"
+        )
+    cpu = results["on"].cpu_ms - results["off"].cpu_ms
+    lines.append(f"- gateway CPU: {_f(cpu)} ms more per round (a full and a /pass request)")
     return "\n".join(lines)
 
 
