@@ -13,8 +13,7 @@ is the `on_shadow` hook, `reloaded` the policy store's `on_reload`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from guard_engine.policy.compiled import CompiledPolicy
 from guard_engine.types import Verdict
@@ -23,6 +22,7 @@ from proxy.forward import ChatCall
 from proxy.moderation.decide import StageResult
 from proxy.moderation.headers import Decisions
 from proxy.observability.after_response import after_response
+from proxy.observability.request_log import STATE_MODERATION, ModerationSummary
 from proxy.observability.timing import RequestTiming
 from proxy.streaming.outcome import StreamOutcome
 
@@ -32,53 +32,7 @@ if TYPE_CHECKING:
     from proxy.audit.writer import AuditWriter
     from proxy.observability.metrics import BreakerState, GatewayMetrics
 
-STATE_MODERATION: Final = "moderation"  # scope["state"] key of the request's ModerationSummary
 UNCHECKED_GUARD: Final = "none"  # the guard name of a fail-open stream window's stand-in verdict
-
-
-@dataclass(slots=True)
-class ModerationSummary:
-    """One request's moderation, as the request log line and the SERVER span show it."""
-
-    policy: str  # name@hash8
-    input: str  # safe | unsafe | skipped | degraded
-    output: str
-    categories: tuple[str, ...]
-    degraded: tuple[str, ...]  # "stage:reason"
-    stream: bool
-    model: str
-    timing: RequestTiming  # finished: its durations are final
-    holdback_checks: int | None = None
-    prompt: str | None = None  # only with logging.content
-    response: str | None = None
-
-    @property
-    def verdict(self) -> str:
-        """The request's overall verdict: unsafe beats degraded beats safe beats skipped."""
-        statuses = (self.input, self.output)
-        for status in ("unsafe", "degraded", "safe"):
-            if status in statuses:
-                return status
-        return "skipped"
-
-    def log_fields(self) -> dict[str, Any]:
-        fields: dict[str, Any] = {
-            "policy": self.policy,
-            "input_verdict": self.input,
-            "output_verdict": self.output,
-            "categories": list(self.categories),
-            "degraded": list(self.degraded),
-            "stream": self.stream,
-            "model": self.model,
-            "timings_ms": self.timing.durations_ms(),
-        }
-        if self.holdback_checks is not None:
-            fields["holdback_checks"] = self.holdback_checks
-        if self.prompt is not None:
-            fields["prompt"] = self.prompt
-        if self.response is not None:
-            fields["response"] = self.response
-        return fields
 
 
 # guard_engine's breaker states -> the gauge's labels.

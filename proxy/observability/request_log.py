@@ -14,13 +14,13 @@ HTTP facts only; its decisions are in the metrics and the audit trail.
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 import structlog
 from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy.moderation.report import STATE_MODERATION, ModerationSummary
 from proxy.observability import tracing
 from proxy.observability.after_response import run_after_response
 from proxy.observability.asgi import (
@@ -30,6 +30,54 @@ from proxy.observability.asgi import (
     STATE_TENANT,
 )
 from proxy.observability.logs import log_request
+from proxy.observability.timing import RequestTiming
+
+STATE_MODERATION: Final = "moderation"  # scope["state"] key of the request's ModerationSummary
+
+
+@dataclass(slots=True)
+class ModerationSummary:
+    """One request's moderation, as the request log line and the SERVER span show it."""
+
+    policy: str  # name@hash8
+    input: str  # safe | unsafe | skipped | degraded
+    output: str
+    categories: tuple[str, ...]
+    degraded: tuple[str, ...]  # "stage:reason"
+    stream: bool
+    model: str
+    timing: RequestTiming  # finished: its durations are final
+    holdback_checks: int | None = None
+    prompt: str | None = None  # only with logging.content
+    response: str | None = None
+
+    @property
+    def verdict(self) -> str:
+        """The request's overall verdict: unsafe beats degraded beats safe beats skipped."""
+        statuses = (self.input, self.output)
+        for status in ("unsafe", "degraded", "safe"):
+            if status in statuses:
+                return status
+        return "skipped"
+
+    def log_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "policy": self.policy,
+            "input_verdict": self.input,
+            "output_verdict": self.output,
+            "categories": list(self.categories),
+            "degraded": list(self.degraded),
+            "stream": self.stream,
+            "model": self.model,
+            "timings_ms": self.timing.durations_ms(),
+        }
+        if self.holdback_checks is not None:
+            fields["holdback_checks"] = self.holdback_checks
+        if self.prompt is not None:
+            fields["prompt"] = self.prompt
+        if self.response is not None:
+            fields["response"] = self.response
+        return fields
 
 
 class RequestLogMiddleware:
