@@ -239,8 +239,8 @@ def report(args: argparse.Namespace, measured: dict[str, Any]) -> str:
             f"{_f(paired)} ms; self-reported overhead p50 "
             f"{_f(on.overhead.p50 - off.overhead.p50)} ms more"
         )
-    cpu = results["on"].cpu_ms - results["off"].cpu_ms
-    lines.append(f"- gateway CPU: {_f(cpu)} ms more per round (a full and a /pass request)")
+    more_cpu = results["on"].cpu_ms - results["off"].cpu_ms
+    lines.append(f"- gateway CPU: {_f(more_cpu)} ms more per round (a full and a /pass request)")
     return "\n".join(lines)
 
 
