@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.doubles.upstream import UpstreamDouble
 from tests.observability.test_otlp_export import Receiver, _spans
@@ -187,3 +187,30 @@ def test_otlp_http_export_and_no_secret_anywhere(
     for secret in (TENANT_KEY, UPSTREAM_KEY, "sk-wrong-key-0123456789"):
         assert secret not in everything
     assert [s for s in gw.spans.get_finished_spans() if s.kind == SpanKind.SERVER]
+
+
+def test_parallel_block_cancels_the_upstream_span_without_an_error(start: Any) -> None:
+    gw: Observed = start(input={"parallel": True})
+    with pytest.raises(openai.BadRequestError):
+        gw.client().chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": "a bomb"}],
+            extra_headers={"x-double-delay-ms": "2000"},
+        )
+    gw.server_span()
+    upstream = _names(gw)["upstream"]
+    assert upstream.attributes["guardline.cancelled"] is True
+    assert upstream.status.status_code != StatusCode.ERROR
+
+
+def test_monitor_stream_is_audited_once_its_checks_settle(start: Any) -> None:
+    gw: Observed = start(output={"stream": "monitor", "holdback_chars": 50})
+    stream = gw.client().chat.completions.create(
+        model="m", messages=MESSAGES, stream=True, extra_headers={"x-double-chunks": "30"}
+    )
+    text = "".join(c.delta.content or "" for chunk in stream for c in chunk.choices)
+    assert "word12" in text  # monitor mode lets everything through
+    wait_for(lambda: len(gw.audit_rows()) == 2, "the settled stream's audit record")
+    rows = gw.audit_rows()
+    assert [(r["stage"], r["verdict"]) for r in rows] == [("input", "safe"), ("output", "unsafe")]
+    assert _value(gw.metrics(), "guardline_holdback_checks_count") == 1
