@@ -138,9 +138,9 @@ def receiver() -> Iterator[Receiver]:
 
 
 def test_otlp_http_export_and_no_secret_anywhere(
+    receiver: Receiver,  # first: it must outlive the gateway, whose shutdown flushes spans
     start: Any,
     upstream: tuple[UpstreamDouble, str],
-    receiver: Receiver,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     gw: Observed = start(
@@ -195,7 +195,7 @@ def test_parallel_block_cancels_the_upstream_span_without_an_error(start: Any) -
         gw.client().chat.completions.create(
             model="m",
             messages=[{"role": "user", "content": "a bomb"}],
-            extra_headers={"x-double-delay-ms": "2000"},
+            extra_headers={"x-double-delay-ms": "300"},
         )
     gw.server_span()
     upstream = _names(gw)["upstream"]
