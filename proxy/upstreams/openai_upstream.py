@@ -84,7 +84,7 @@ def _last_event_end(buf: bytes) -> int:
     return end
 
 
-def _env_proxy(url: httpx.URL) -> str | None:
+def env_proxy(url: httpx.URL) -> str | None:
     """The proxy the environment (HTTPS_PROXY, NO_PROXY, ...) sets for this URL, if any: then
     httpx's own transport, which implements proxies, is used instead of H1Transport."""
     proxies = urllib.request.getproxies()
@@ -131,7 +131,7 @@ class OpenAIUpstream:
             pool=cfg.connect_timeout_s,
         ).as_dict()
         if transport is None:
-            proxy = _env_proxy(self._url)
+            proxy = env_proxy(self._url)
             if proxy is None:
                 transport = H1Transport(max_connections=cfg.max_connections)
             else:
