@@ -39,7 +39,7 @@ from guard_engine.types import GuardImage, GuardRequest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tests.guard_engine.nemotron_policy import make_policy  # noqa: E402
+from tests.factories import make_policy  # noqa: E402
 
 MODEL = "nvidia/Nemotron-3.5-Content-Safety"
 # About 50 tokens of ordinary user text.

@@ -10,7 +10,7 @@ from guard_engine.adapters.llama_guard import LlamaGuard3Adapter
 from guard_engine.adapters.registry import get_adapter
 from guard_engine.errors import GuardUnparseable
 from guard_engine.types import GuardImage, GuardRequest, Turn
-from tests.guard_engine.nemotron_policy import make_policy
+from tests.factories import make_policy
 
 ADAPTER = LlamaGuard3Adapter()
 MODEL = "meta-llama/Llama-Guard-3-8B"

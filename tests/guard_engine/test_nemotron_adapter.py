@@ -12,7 +12,7 @@ from guard_engine.adapters.nemotron import NemotronAdapter
 from guard_engine.adapters.registry import get_adapter
 from guard_engine.errors import GuardUnparseable
 from guard_engine.types import GuardImage, GuardRequest, Mode, Turn
-from tests.guard_engine.nemotron_policy import make_policy
+from tests.factories import make_policy
 
 ADAPTER = NemotronAdapter()
 MODEL = "nvidia/Nemotron-3.5-Content-Safety"

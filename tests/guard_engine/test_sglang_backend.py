@@ -21,7 +21,7 @@ from guard_engine.backends.sglang import (
 from guard_engine.breaker import CircuitBreaker
 from guard_engine.errors import GuardTimeout, GuardUnavailable, GuardUnparseable
 from guard_engine.types import GuardRequest
-from tests.guard_engine.nemotron_policy import make_policy
+from tests.factories import make_policy
 
 BASE = "http://guard.test:30000"
 CHAT = BASE + "/v1/chat/completions"

@@ -20,7 +20,7 @@ from guard_engine.breaker import CircuitBreaker
 from guard_engine.errors import GuardTimeout, GuardUnavailable, GuardUnparseable
 from guard_engine.types import GuardImage, GuardRequest, Mode
 from tests.doubles.sglang_server import SGLangDouble, start_sglang_double
-from tests.guard_engine.nemotron_policy import make_policy
+from tests.factories import make_policy
 
 MODEL = "nvidia/Nemotron-3.5-Content-Safety"
 WORDS = {"kill": "Violence", "bomb": "Guns and Illegal Weapons", "ssn": "PII/Privacy"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from guard_engine.adapters import nemotron
 from guard_engine.adapters.nemotron import NemotronAdapter
 from guard_engine.types import GuardRequest, Turn
-from tests.guard_engine.nemotron_policy import make_policy
+from tests.factories import make_policy
 
 MODEL = "nvidia/Nemotron-3.5-Content-Safety"
 POLICY_TEXT = "Disallowed Behaviors:\n- dating advice\n\nAllowed Behaviors:\n- history\n"
