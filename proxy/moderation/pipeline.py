@@ -36,11 +36,13 @@ from proxy.moderation.blocks import (
     refusal_completion,
     refusal_stream,
 )
-from proxy.moderation.decide import StageResult, judge, skipped
+from proxy.moderation.decide import StageResult, skipped
 from proxy.moderation.extract import extract_output
 from proxy.moderation.headers import Decisions
 from proxy.moderation.inputs import prepare_input
+from proxy.moderation.shadow import BackgroundTasks, ShadowHook, ShadowRunner
 from proxy.moderation.spans import ModerationSpans
+from proxy.moderation.stream_decision import stream_result, unchecked_verdict
 from proxy.observability.timing import Kind, RequestTiming
 from proxy.observability.tracing import SPAN_GUARD_HOLDBACK
 from proxy.streaming.holdback import moderate_stream
@@ -52,8 +54,6 @@ if TYPE_CHECKING:
 
 # Called once per request when moderation is complete (for a stream: when it ended).
 Finished = Callable[[ChatCall, Decisions, RequestTiming, StreamOutcome | None], None]
-# Called for every shadow decision: (call, enforced policy, shadow policy, enforced, shadow).
-ShadowHook = Callable[[ChatCall, CompiledPolicy, CompiledPolicy, StageResult, StageResult], None]
 
 
 class ModerationPipeline:
@@ -77,11 +77,9 @@ class ModerationPipeline:
         # Guard and upstream spans, trace context to the guard and the upstream, timing.
         self._spans = ModerationSpans(self._tracer, record_content=record_content)
         self._on_finished = on_finished
-        self._on_shadow = on_shadow
-        # Background work (shadow checks, monitor-mode settling), kept referenced until done.
-        self._shadow_tasks: set[asyncio.Task[None]] = set()
-        # (policy ref, shadow ref, stage) -> [decisions compared, disagreements]
-        self.shadow_counts: dict[tuple[str, str, str], list[int]] = {}
+        # Work that outlives its request: shadow checks, monitor-mode settling.
+        self.background = BackgroundTasks()
+        self.shadows = ShadowRunner(engine, policies, self.background, on_shadow)
 
     async def __call__(self, state: GatewayState, call: ChatCall) -> UpstreamReply:
         timing = self._spans.timing(call)  # knows the request's state: span work after it
@@ -115,7 +113,7 @@ class ModerationPipeline:
         try:
             if check_input:
                 decisions.input = await self._judge("input", guard_request, policy, timing)
-                self._shadow(call, policy, guard_request, decisions.input)
+                self.shadows.run(call, policy, guard_request, decisions.input)
             else:
                 decisions.input = skipped("input")
             if prepared.unchecked and decisions.input.status == "safe":
@@ -242,7 +240,7 @@ class ModerationPipeline:
             return self._done(call, decisions, timing, reply)
         request = replace(prompt, response=text)
         decisions.output = await self._judge("output", request, policy, timing)
-        self._shadow(call, policy, request, decisions.output)
+        self.shadows.run(call, policy, request, decisions.output)
         if decisions.output.flagged:
             reply.body = redact_completion(data, policy.on_block.refusal)
         return self._done(call, decisions, timing, reply)
@@ -271,7 +269,7 @@ class ModerationPipeline:
             )
             verdict = result.verdict
             if verdict is None:  # on_guard_error: open
-                verdict = _unchecked(policy, result)
+                verdict = unchecked_verdict(policy, result)
                 result = replace(result, verdict=verdict)
             decisions.stream_checks.append(result)
             return verdict
@@ -299,9 +297,7 @@ class ModerationPipeline:
                 self._stream_done(call, decisions, timing, outcome)
             else:
                 # Monitor mode: the client's body ends now; the record waits for the checks.
-                task = asyncio.ensure_future(self._settle(call, decisions, timing, outcome))
-                self._shadow_tasks.add(task)
-                task.add_done_callback(self._shadow_tasks.discard)
+                self.background.spawn(self._settle(call, decisions, timing, outcome))
 
     async def _settle(
         self, call: ChatCall, decisions: Decisions, timing: RequestTiming, outcome: StreamOutcome
@@ -312,46 +308,8 @@ class ModerationPipeline:
     def _stream_done(
         self, call: ChatCall, decisions: Decisions, timing: RequestTiming, outcome: StreamOutcome
     ) -> None:
-        decisions.output = _with_request(_stream_result(outcome), decisions.stream_checks)
+        decisions.output = stream_result(outcome, decisions.stream_checks)
         self._finished(call, decisions, timing, outcome)
-
-    def _shadow(
-        self, call: ChatCall, policy: CompiledPolicy, request: GuardRequest, enforced: StageResult
-    ) -> None:
-        """Judge the same content under the policy's shadow, in the background (monitor only)."""
-        if policy.shadow is None:
-            return
-        try:
-            shadow = self.policies.get(policy.shadow)
-        except KeyError:
-            return
-        task = asyncio.ensure_future(self._compare(call, policy, shadow, request, enforced))
-        self._shadow_tasks.add(task)
-        task.add_done_callback(self._shadow_tasks.discard)
-
-    async def _compare(
-        self,
-        call: ChatCall,
-        policy: CompiledPolicy,
-        shadow: CompiledPolicy,
-        request: GuardRequest,
-        enforced: StageResult,
-    ) -> None:
-        try:
-            result = await judge(self.engine, request, replace(shadow, on_guard_error="open"))
-        except GatewayError:
-            return
-        counts = self.shadow_counts.setdefault((policy.ref, shadow.ref, enforced.stage), [0, 0])
-        counts[0] += 1
-        if result.verdict is not None and result.flagged != enforced.flagged:
-            counts[1] += 1
-        if self._on_shadow is not None:
-            self._on_shadow(call, policy, shadow, enforced, result)
-
-    async def drain_shadows(self) -> None:
-        """Wait for the shadow checks in flight (tests, shutdown)."""
-        if self._shadow_tasks:
-            await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
 
     def _finished(
         self,
@@ -362,54 +320,6 @@ class ModerationPipeline:
     ) -> None:
         if self._on_finished is not None:
             self._on_finished(call, decisions, timing, outcome)
-
-
-def _unchecked(policy: CompiledPolicy, result: StageResult) -> Verdict:
-    """The stand-in a fail-open stream check returns: explicitly degraded, never a guard's word."""
-    return Verdict(
-        stage="output",
-        prompt_label="safe",
-        response_label="safe",
-        categories=(),
-        score=None,
-        think=None,
-        raw=f"unchecked: guard failed ({result.degraded_reason}); on_guard_error: open",
-        latency_ms=result.guard_ms,
-        cache_hit=False,
-        degraded=True,
-        guard="none",
-        model="none",
-        policy=policy.ref,
-        mode=policy.mode,
-    )
-
-
-def _stream_result(outcome: StreamOutcome) -> StageResult:
-    last = outcome.verdicts[-1] if outcome.verdicts else None
-    flagged = next((v for v in outcome.verdicts if v.flagged), None)
-    if flagged is not None:
-        return StageResult(
-            stage="output", status="unsafe", verdict=flagged, guard_ms=outcome.guard_ms
-        )
-    if outcome.error is not None:
-        return StageResult(stage="output", status="degraded", degraded_reason=outcome.error.reason)
-    if last is None:
-        return skipped("output")
-    degraded = any(v.degraded for v in outcome.verdicts)
-    return StageResult(
-        stage="output",
-        status="degraded" if degraded else "safe",
-        verdict=last,
-        guard_ms=outcome.guard_ms,
-    )
-
-
-def _with_request(result: StageResult, checks: list[StageResult]) -> StageResult:
-    """The stream's decision with the request its verdict judged (the last one if none)."""
-    for check in reversed(checks):
-        if result.verdict is None or check.verdict is result.verdict:
-            return replace(result, request=check.request)
-    return result
 
 
 async def _iterate(events: list[bytes]) -> AsyncIterator[bytes]:

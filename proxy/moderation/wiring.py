@@ -22,7 +22,8 @@ from guard_engine.policy.compiled import CompiledPolicy
 from guard_engine.policy.store import PolicyStore
 from proxy.config_schema import GatewayConfig
 from proxy.guards import FALLBACK_GUARD, build_engine
-from proxy.moderation.pipeline import Finished, ModerationPipeline, ShadowHook
+from proxy.moderation.pipeline import Finished, ModerationPipeline
+from proxy.moderation.shadow import ShadowHook
 from proxy.state import GatewayState
 
 log = logging.getLogger("guardline.moderation")
@@ -106,7 +107,7 @@ async def install_moderation(
     async def shadow_report() -> tuple[bool, dict[str, Any]]:
         counts = {
             f"{ref}->{shadow}:{stage}": {"compared": n, "disagreements": d}
-            for (ref, shadow, stage), (n, d) in pipeline.shadow_counts.items()
+            for (ref, shadow, stage), (n, d) in pipeline.shadows.counts.items()
         }
         return True, {"shadow": counts}
 
