@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import tempfile
@@ -215,12 +216,20 @@ def _metric(sample: Sample, stream: bool) -> float:
 
 
 def run_scenario(
-    s: Scenario, guard_ms: float, upstream: Child, gateway_proc: Child, requests: int, warmup: int
+    s: Scenario,
+    guard_ms: float,
+    upstream: Child,
+    gateway_proc: Child,
+    requests: int,
+    warmup: int,
+    upstream_ms: float | None = None,
 ) -> Result:
     result = Result(s, guard_ms)
     run = uuid.uuid4().hex[:8]
     requests = max(1, round(requests * s.share))
     headers = {**SHAPES[s.shape], "content-type": "application/json"}
+    if upstream_ms is not None:
+        headers["x-double-delay-ms"] = f"{upstream_ms:g}"
     direct_chat = f"{upstream.url}/v1/chat/completions"
     gateway_chat = f"{gateway_proc.url}/{s.name}/v1/chat/completions"
     cpu_start = 0.0
@@ -347,6 +356,12 @@ def main() -> int:
     parser.add_argument("--note", default="", help="machine note for the docs (what else ran)")
     parser.add_argument("--rev", default="HEAD", help="commit whose gateway is measured")
     parser.add_argument(
+        "--upstream-ms",
+        type=float,
+        default=None,
+        help=f"upstream delay before answering (default {UPSTREAM_DELAY_MS})",
+    )
+    parser.add_argument(
         "--work-tree", action="store_true", help="run the work tree's code, not a snapshot"
     )
     args = parser.parse_args()
@@ -376,13 +391,15 @@ def main() -> int:
                 print(rtt_table({guard_ms: rtt[guard_ms]}).splitlines()[-1], flush=True)
                 with gateway(config, log, root=code) as gw:
                     for s in scenarios:
-                        r = run_scenario(s, guard_ms, upstream, gw, args.requests, args.warmup)
+                        r = run_scenario(
+                            s, guard_ms, upstream, gw, args.requests, args.warmup, args.upstream_ms
+                        )
                         results.append(r)
                         row = table([r], rtt).splitlines()[2]
                         print(row, flush=True)
     load_after = os.getloadavg()
     out = f"{rtt_table(rtt)}\n\n{table(results, rtt)}"
-    argv = " ".join(sys.argv[1:])
+    argv = shlex.join(sys.argv[1:])
     command = f".venv/bin/python benchmarks/bench_moderation.py {argv}".strip()
     machine = (
         f"Measured {started} on {os.cpu_count()} cores; load average "
