@@ -24,7 +24,8 @@ COPY guard_engine ./guard_engine
 # No dev extras: the image carries the gateway's runtime dependencies only. litellm (for
 # `type: litellm` upstreams) is opt-in: build with --build-arg EXTRAS=litellm.
 ARG EXTRAS=""
-RUN pip install --no-compile ".${EXTRAS:+[$EXTRAS]}" \
+# Bytecode is compiled here, once: at run time the code is read-only (PYTHONDONTWRITEBYTECODE).
+RUN pip install ".${EXTRAS:+[$EXTRAS]}" \
  && rm -rf /src
 
 WORKDIR /app
@@ -32,7 +33,7 @@ COPY config.yaml ./config.yaml
 COPY policies ./policies
 # Code and config stay root-owned and read-only for the gateway; the directory itself is
 # writable because relative paths in config.yaml resolve here (the audit database
-# guardline-audit.sqlite3 by default). Mount a volume on /app/data and set
+# guardline-audit.sqlite3 and its -wal/-shm files by default). Mount a volume on /app/data and set
 # `audit.path: data/guardline-audit.sqlite3` in a mounted config to keep it across restarts.
 RUN mkdir -p /app/data && chown guardline:guardline /app /app/data
 
