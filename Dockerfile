@@ -32,9 +32,9 @@ WORKDIR /app
 COPY config.yaml ./config.yaml
 COPY policies ./policies
 # Code and config stay root-owned and read-only for the gateway; the directory itself is
-# writable because relative paths in config.yaml resolve here (the audit database
-# guardline-audit.sqlite3 and its -wal/-shm files by default). Mount a volume on /app/data and set
-# `audit.path: data/guardline-audit.sqlite3` in a mounted config to keep it across restarts.
+# writable because relative paths in config.yaml resolve here (by default the audit
+# database guardline-audit.sqlite3 and its -wal/-shm files). To keep audit records across
+# restarts, mount a volume on /app/data and a config with `audit.path: data/audit.sqlite3`.
 RUN mkdir -p /app/data && chown guardline:guardline /app /app/data
 
 USER guardline:guardline
