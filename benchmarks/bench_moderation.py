@@ -332,9 +332,8 @@ BEGIN, END = "<!-- bench_moderation:begin -->", "<!-- bench_moderation:end -->"
 SECTION = "## Moderation pipeline (issue 4)"
 
 
-def write_docs(block: str) -> None:
+def write_docs(block: str, path: Path = ROOT / "docs" / "benchmarks.md") -> None:
     """Replace the generated block of our section in docs/benchmarks.md (prose around it stays)."""
-    path = ROOT / "docs" / "benchmarks.md"
     text = path.read_text() if path.exists() else ""
     generated = f"{BEGIN}\n{block}\n{END}"
     if BEGIN in text and END in text:
