@@ -36,6 +36,7 @@ class OutputSettings:
     enabled: bool = True
     stream: StreamMode = "holdback"
     holdback_chars: int = 400
+    first_window_chars: int = 1
 
 
 @dataclass(frozen=True, slots=True)

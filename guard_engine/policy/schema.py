@@ -166,6 +166,9 @@ class OutputSpec(Strict):
     enabled: bool = True
     stream: Literal["holdback", "buffer", "monitor"] = "holdback"
     holdback_chars: int = Field(default=400, ge=50)
+    # The first check runs once this much text has arrived, so the first token waits for one
+    # guard call instead of a whole window; later checks run every `holdback_chars`.
+    first_window_chars: int = Field(default=1, ge=1)
 
 
 class OnBlockSpec(Strict):

@@ -211,6 +211,7 @@ class ModerationPipeline:
             reply.stream,
             mode=policy.output.stream,
             holdback_chars=policy.output.holdback_chars,
+            first_window_chars=policy.output.first_window_chars,
             check=check,
             refusal=policy.on_block.refusal,
             outcome=outcome,

@@ -69,8 +69,12 @@ def moderate_stream(
     check: StreamCheck,
     refusal: str,
     outcome: StreamOutcome,
+    first_window_chars: int | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The bytes to send to the client for one streamed chat completion (see module doc).
+
+    `first_window_chars` (hold-back only) makes the first check run as soon as that much text
+    has arrived: the first token then waits for one guard call, not for a whole window.
 
     A plain function returning the async generator, so a bad `mode` fails at the call.
     """
@@ -80,11 +84,12 @@ def moderate_stream(
         return monitor_stream(upstream, holdback_chars=holdback_chars, check=check, outcome=outcome)
     if mode == "holdback":
         window = max(1, holdback_chars)
+        first = max(1, min(first_window_chars or window, window))
     elif mode == "buffer":
-        window = _NEVER
+        window = first = _NEVER
     else:
         raise ValueError(f"unknown output stream mode: {mode!r}")
-    return _gated(upstream, window, check, refusal, outcome)
+    return _gated(upstream, window, check, refusal, outcome, first)
 
 
 async def timed_check(check: StreamCheck, text: str, outcome: StreamOutcome) -> Verdict:
@@ -135,6 +140,7 @@ async def _gated(
     check: StreamCheck,
     refusal: str,
     outcome: StreamOutcome,
+    first_window: int,
 ) -> AsyncGenerator[bytes, None]:
     parser = SSEParser()
     text = ResponseText()
@@ -162,7 +168,8 @@ async def _gated(
         while True:
             if inflight is None:
                 pending = text.total - launched
-                if pending > 0 and (pending >= window or ended or text.finished):
+                size = first_window if launched == 0 else window
+                if pending > 0 and (pending >= size or ended or text.finished):
                     inflight = asyncio.ensure_future(timed_check(check, text.render(), outcome))
                     inflight_seq, launched = seq, text.total
                 elif ended:

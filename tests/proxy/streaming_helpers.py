@@ -219,6 +219,7 @@ async def run(
     holdback: int = 20,
     upstream: Upstream | None = None,
     on_yield: Any = None,
+    first_window: int | None = None,
 ) -> tuple[Client, StreamOutcome, Upstream]:
     up = upstream or Upstream(chunks)
     outcome = StreamOutcome()
@@ -230,6 +231,7 @@ async def run(
         check=check,
         refusal="Sorry, I can't help with that.",
         outcome=outcome,
+        first_window_chars=first_window,
     )
     async for data in stream:
         client.receive(data)

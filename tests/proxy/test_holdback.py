@@ -236,12 +236,19 @@ async def test_invariant_no_unchecked_character_reaches_the_client(mode: StreamM
         # A guard slower or faster than the upstream, so events arrive while checks run.
         check = RecordingCheck(rng=rng, max_yields=rng.choice([0, 4, 40]))
         holdback = rng.choice([1, 3, 10, 40, 400])
+        first_window = rng.choice([None, 1, 5])
 
         def on_yield(client: Client, check: RecordingCheck) -> None:
             assert_covered(client, check)  # at every moment, not just at the end
 
         client, outcome, _ = await run(
-            [], check, mode=mode, holdback=holdback, upstream=up, on_yield=on_yield
+            [],
+            check,
+            mode=mode,
+            holdback=holdback,
+            upstream=up,
+            on_yield=on_yield,
+            first_window=first_window,
         )
         assert check.max_running <= 1
         assert up.closed, seed
@@ -255,6 +262,16 @@ async def test_invariant_no_unchecked_character_reaches_the_client(mode: StreamM
                 client.raw.endswith(DONE)
                 and client.payloads[-1]["choices"][0]["finish_reason"] == "content_filter"
             )
+
+
+async def test_first_window_checks_the_first_text_at_once() -> None:
+    """The first token waits for one check of itself, not for a whole window of text."""
+    check = RecordingCheck()
+    events = [chunk("Hello"), chunk(" there, this is a longer answer"), chunk(finish="stop"), DONE]
+    client, outcome, _ = await run(events, check, holdback=400, first_window=1)
+    assert check.passed[0] == "Hello"
+    assert outcome.checks == 2  # the first text, then the whole answer at the end
+    assert "".join(client.content.values()) == "Hello there, this is a longer answer"
 
 
 async def test_keep_alive_goes_out_while_text_is_held() -> None:
