@@ -27,8 +27,7 @@ process's user+system CPU time over the measured requests, divided by their numb
 Prompts are unique per request (verdict cache cold); the `-warm` rows repeat one prompt, so
 after warm-up every guard verdict comes from the gateway's verdict cache.
 
-Run: .venv/bin/python benchmarks/bench_moderation.py [--requests 300] [--warmup 30]
-     [--guard-ms 15 50] [--write-docs] [--note "what else ran"]
+Run: .venv/bin/python benchmarks/bench_moderation.py [--requests 300] [--write-docs] (--help)
 """
 
 from __future__ import annotations
@@ -61,6 +60,7 @@ from moderation_client import (
     guard_round_trip,
     server_timing,
 )
+from moderation_docs import write_docs
 from moderation_procs import ROOT, Child, gateway, guard_double, snapshot, upstream_double
 
 UPSTREAM_DELAY_MS = 100
@@ -326,23 +326,6 @@ def rtt_table(rtt: dict[float, Series]) -> str:
 def verdict_notes(results: list[Result]) -> str:
     seen = sorted({f"{r.scenario.name}: {dict(r.verdicts)}" for r in results})
     return "x-guardline-input/output headers seen: " + "; ".join(seen)
-
-
-BEGIN, END = "<!-- bench_moderation:begin -->", "<!-- bench_moderation:end -->"
-SECTION = "## Moderation pipeline (issue 4)"
-
-
-def write_docs(block: str, path: Path = ROOT / "docs" / "benchmarks.md") -> None:
-    """Replace the generated block of our section in docs/benchmarks.md (prose around it stays)."""
-    text = path.read_text() if path.exists() else ""
-    generated = f"{BEGIN}\n{block}\n{END}"
-    if BEGIN in text and END in text:
-        before, _, rest = text.partition(BEGIN)
-        _, _, after = rest.partition(END)
-        text = before + generated + after
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{generated}\n"
-    path.write_text(text)
 
 
 def main() -> int:

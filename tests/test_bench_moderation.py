@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_moderation  # noqa: E402
+import moderation_docs  # noqa: E402
 from moderation_client import Series, pct, server_timing  # noqa: E402
 
 
@@ -47,17 +48,17 @@ def test_write_docs_appends_the_section_once_then_replaces_only_the_block(
 ) -> None:
     docs = tmp_path / "benchmarks.md"
     docs.write_text("## Someone else's section\n\ntheir text\n")
-    bench_moderation.write_docs("first table", docs)
+    moderation_docs.write_docs("first table", docs)
     text = docs.read_text()
-    assert text.count(bench_moderation.SECTION) == 1
+    assert text.count(moderation_docs.SECTION) == 1
     assert "first table" in text and text.startswith("## Someone else's section")
 
     # Prose written by hand after the generated block survives a re-run.
     docs.write_text(text + "\nhand-written analysis\n\n## A later section\n")
-    bench_moderation.write_docs("second table", docs)
+    moderation_docs.write_docs("second table", docs)
     text = docs.read_text()
     assert "first table" not in text and "second table" in text
-    assert text.count(bench_moderation.SECTION) == 1
+    assert text.count(moderation_docs.SECTION) == 1
     assert text.index("second table") < text.index("hand-written analysis")
     assert text.endswith("## A later section\n")
 
