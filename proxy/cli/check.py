@@ -18,6 +18,7 @@ from guard_engine.engine import GuardEngine
 from guard_engine.errors import GuardEngineError
 from guard_engine.images import normalize_image
 from guard_engine.policy.compile import load_policy
+from guard_engine.policy.compiled import CompiledPolicy
 from guard_engine.types import GuardImage, GuardRequest, Verdict
 
 
@@ -51,11 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _check(
-    engine: GuardEngine, request: GuardRequest, policy: object, args: argparse.Namespace
+    engine: GuardEngine, request: GuardRequest, policy: CompiledPolicy, args: argparse.Namespace
 ) -> Verdict:
-    from guard_engine.policy.compiled import CompiledPolicy
-
-    assert isinstance(policy, CompiledPolicy)
     try:
         return await engine.check(request, policy, mode=args.mode, guard=args.guard)
     finally:

@@ -8,6 +8,7 @@ silently dropped image. Content the guard cannot see is refused or flagged per p
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,24 @@ class PreparedInput:
     unchecked: tuple[str, ...]  # params of parts forwarded unchecked (on_uncheckable: flag)
 
 
+async def load_images(
+    refs: Sequence[tuple[str, str]], policy: CompiledPolicy, fetcher: ImageFetcher | None
+) -> tuple[GuardImage, ...]:
+    """Decode and normalize (url, param) images; remote URLs only where the policy allows.
+
+    An image that cannot be used is the client's error: 400 `invalid_image` naming the part.
+    """
+    allowed = fetcher if policy.input.allow_remote_images else None
+    try:
+        return tuple(
+            await asyncio.gather(
+                *(load_image(url, param=param, fetcher=allowed) for url, param in refs)
+            )
+        )
+    except ImageError as exc:
+        raise InvalidField(str(exc), param=exc.param, code="invalid_image") from None
+
+
 async def prepare_input(
     messages: list[dict[str, Any]], policy: CompiledPolicy, fetcher: ImageFetcher | None
 ) -> PreparedInput:
@@ -39,14 +58,7 @@ async def prepare_input(
             param=param,
             code="unsupported_content",
         )
-    allowed = fetcher if policy.input.allow_remote_images else None
-    try:
-        images: tuple[GuardImage, ...] = tuple(
-            await asyncio.gather(
-                *(load_image(ref.url, param=ref.param, fetcher=allowed) for ref in content.images)
-            )
-        )
-    except ImageError as exc:
-        raise InvalidField(str(exc), param=exc.param, code="invalid_image") from None
+    refs = [(ref.url, ref.param) for ref in content.images]
+    images = await load_images(refs, policy, fetcher)
     request = GuardRequest(prompt=content.prompt, images=images, context=tuple(content.context))
     return PreparedInput(request=request, empty=content.empty, unchecked=tuple(content.uncheckable))

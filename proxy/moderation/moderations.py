@@ -8,16 +8,14 @@ reads `flagged` and the names it knows.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
-from guard_engine.errors import ImageError
-from guard_engine.images import load_image
 from guard_engine.policy.compiled import CompiledPolicy
-from guard_engine.types import GuardImage, GuardRequest
+from guard_engine.types import GuardRequest
 from proxy.errors import InvalidField
 from proxy.moderation.decide import StageResult, judge
+from proxy.moderation.inputs import load_images
 from proxy.moderation.pipeline import ModerationPipeline
 
 
@@ -55,19 +53,11 @@ async def moderate(
     pipeline: ModerationPipeline, policy: CompiledPolicy, value: Any
 ) -> tuple[dict[str, Any], list[StageResult]]:
     """The moderation response body and the stage results behind it."""
-    fetcher = pipeline.fetcher if policy.input.allow_remote_images else None
     results: list[dict[str, Any]] = []
     stages: list[StageResult] = []
     model = pipeline.engine.guard_for(policy).model
     for text, image_refs in _requests_from_input(value):
-        try:
-            images: tuple[GuardImage, ...] = tuple(
-                await asyncio.gather(
-                    *(load_image(url, param=param, fetcher=fetcher) for url, param in image_refs)
-                )
-            )
-        except ImageError as exc:
-            raise InvalidField(str(exc), param=exc.param, code="invalid_image") from None
+        images = await load_images(image_refs, policy, pipeline.fetcher)
         stage = await judge(pipeline.engine, GuardRequest(prompt=text, images=images), policy)
         stages.append(stage)
         results.append(_result(stage, policy))
