@@ -1,6 +1,6 @@
 """Measure a guard on labelled JSONL data: the logic behind `guardline eval`, usable alone.
 
-Records follow shared/datasets/README.md (`id`, `source`, `kind`, `prompt`, `response`,
+Records follow data/datasets/README.md (`id`, `source`, `kind`, `prompt`, `response`,
 `label`, `lang`). Any `Backend` is run over them one at a time (so latency is the guard's,
 not a queue's) and the outcomes are summarized per file and per language: accuracy,
 precision, recall, F1, false-positive rate, ROC AUC (from scores, when the guard gives them)

@@ -53,6 +53,9 @@ class SGLangGuardConfig(Strict):
 class EmbeddedGuardConfig(Strict):
     type: Literal["embedded"]
     threads: int = Field(default=1, ge=1)
+    # Shed load by wait, not queue length: a check that would wait longer for the CPU fails
+    # at once (the policy's on_guard_error decides: 503 with Retry-After under `closed`).
+    max_queue_wait_ms: float = Field(default=2000.0, gt=0)
 
 
 GuardConfig = Annotated[SGLangGuardConfig | EmbeddedGuardConfig, Field(discriminator="type")]

@@ -39,7 +39,9 @@ def _guard_transport(config: SGLangGuardConfig) -> httpx.AsyncBaseTransport | No
 
 def build_backend(name: str, config: GuardConfig) -> Backend:
     if isinstance(config, EmbeddedGuardConfig):
-        return EmbeddedBackend(name=name, threads=config.threads)
+        return EmbeddedBackend(
+            name=name, threads=config.threads, max_queue_wait_ms=config.max_queue_wait_ms
+        )
     return SGLangBackend(
         name=name,
         base_url=config.base_url,

@@ -1,18 +1,27 @@
-"""The embedded guard's classification head and text windowing, in numpy only.
+"""The embedded guard's trained heads and the texts they read, in numpy only.
 
 Shared by the runtime backend (`embedded.py`) and the training script
 (`scripts/train_embedded_head.py`) so that training embeds text exactly the way the guard
-does at run time: same prefix, same windows, same head math.
+does at run time: same prefix, same windows, same context, same head math.
 
-The head is either logistic regression (`w`, `b`) or a one-hidden-layer MLP
-(`w1`, `b1`, `w2`, `b2`, ReLU); it maps one L2-normalized e5 embedding (384 floats) to the
-probability that the text is unsafe.
+Three heads read L2-normalized multilingual-e5-small embeddings (384 floats, "query: " prefix):
+
+- `prompt`: one window of a user text -> P(unsafe).
+- `response`: [context, window] -> P(the answer is unsafe), where `context` is the embedding of
+  the end of the prompt the answer replies to (`context_text`) and `window` one window of the
+  answer. An answer is judged *with its prompt*, as Nemotron judges it: "Sure, here is how"
+  means one thing after "how do I bake bread" and another after "how do I build a bomb". It is
+  trained on whole answers and on answer prefixes, because a streamed answer is checked as it
+  grows (the first check may see a single token).
+- `categories` (optional): for a text judged unsafe, P(category | unsafe) for each category of
+  the guard's taxonomy that the training data labels.
+
+A head is either logistic regression (`w1` (dim, 1), `b1`) or a one-hidden-layer ReLU MLP.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +35,8 @@ FloatArray = npt.NDArray[np.float32]
 WINDOW_TOKENS = 500
 # Windows overlap so that a harmful sentence cut by a window boundary is still seen whole.
 WINDOW_OVERLAP = 0.15
+# How much of the prompt an answer is judged with: its end, where the request usually is.
+CONTEXT_CHARS = 400
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "data" / "embedded_head.npz"
 DEFAULT_METADATA = DEFAULT_WEIGHTS.with_suffix(".json")
@@ -33,7 +44,7 @@ DEFAULT_METADATA = DEFAULT_WEIGHTS.with_suffix(".json")
 
 @dataclass(frozen=True, slots=True)
 class Head:
-    """A trained head: `scores(X)` gives P(unsafe) for each row of X (n, dim)."""
+    """A trained binary head: `scores(X)` gives P(unsafe) for each row of X (n, dim)."""
 
     w1: FloatArray  # (dim, hidden) for an MLP, (dim, 1) for logistic regression
     b1: FloatArray  # (hidden,) or (1,)
@@ -52,31 +63,102 @@ class Head:
         return np.asarray(out, dtype=np.float32)
 
     def scores(self, x: FloatArray) -> FloatArray:
-        z = np.clip(self.logits(x), -40.0, 40.0)
-        return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float32)
+        return _sigmoid(self.logits(x))
 
 
-def save_head(head: Head, path: Path) -> None:
-    arrays: dict[str, FloatArray] = {"w1": head.w1, "b1": head.b1}
-    arrays["b2"] = np.asarray([head.b2], dtype=np.float32)
+@dataclass(frozen=True, slots=True)
+class CategoryHead:
+    """One-vs-rest logistic regression over the categories in `names`."""
+
+    w: FloatArray  # (dim, k)
+    b: FloatArray  # (k,)
+    names: tuple[str, ...]
+
+    def probs(self, x: FloatArray) -> FloatArray:
+        return _sigmoid(x @ self.w + self.b)
+
+
+@dataclass(frozen=True, slots=True)
+class HeadSet:
+    prompt: Head
+    response: Head
+    categories: CategoryHead | None
+
+    @property
+    def dim(self) -> int:
+        return self.prompt.dim
+
+
+def _sigmoid(z: FloatArray) -> FloatArray:
+    z = np.clip(z, -40.0, 40.0)
+    return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float32)
+
+
+def response_features(context: FloatArray, windows: FloatArray) -> FloatArray:
+    """The response head's input: the context embedding beside each answer window's."""
+    ctx = np.broadcast_to(context.reshape(1, -1), (windows.shape[0], context.shape[-1]))
+    return np.concatenate([ctx, windows], axis=1).astype(np.float32)
+
+
+def context_text(prompt: str) -> str:
+    """The end of the prompt an answer is judged with (at most CONTEXT_CHARS characters,
+    starting at a word boundary when there is one)."""
+    prompt = prompt.replace("\x00", " ").strip()
+    if len(prompt) <= CONTEXT_CHARS:
+        return prompt
+    tail = prompt[-CONTEXT_CHARS:]
+    cut = tail.find(" ")
+    return tail[cut + 1 :] if 0 <= cut < CONTEXT_CHARS // 4 else tail
+
+
+def _head_arrays(prefix: str, head: Head) -> dict[str, FloatArray]:
+    arrays = {f"{prefix}.w1": head.w1, f"{prefix}.b1": head.b1}
+    arrays[f"{prefix}.b2"] = np.asarray([head.b2], dtype=np.float32)
     if head.w2 is not None:
-        arrays["w2"] = head.w2
+        arrays[f"{prefix}.w2"] = head.w2
+    return arrays
+
+
+def save_heads(heads: HeadSet, path: Path) -> None:
+    arrays: dict[str, npt.NDArray[np.generic]] = {}
+    arrays.update(_head_arrays("prompt", heads.prompt))
+    arrays.update(_head_arrays("response", heads.response))
+    if heads.categories is not None:
+        arrays["categories.w"] = heads.categories.w
+        arrays["categories.b"] = heads.categories.b
+        arrays["categories.names"] = np.asarray(heads.categories.names, dtype=np.str_)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as f:
         np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
 
 
-def load_head(path: Path) -> Head:
-    with np.load(path, allow_pickle=False) as data:
-        w1 = np.asarray(data["w1"], dtype=np.float32)
-        b1 = np.asarray(data["b1"], dtype=np.float32)
-        w2 = np.asarray(data["w2"], dtype=np.float32) if "w2" in data.files else None
-        b2 = float(data["b2"][0])
+def _load_head(data: np.lib.npyio.NpzFile, prefix: str, path: Path) -> Head:
+    w1 = np.asarray(data[f"{prefix}.w1"], dtype=np.float32)
+    b1 = np.asarray(data[f"{prefix}.b1"], dtype=np.float32)
+    w2 = np.asarray(data[f"{prefix}.w2"], dtype=np.float32) if f"{prefix}.w2" in data else None
+    b2 = float(data[f"{prefix}.b2"][0])
     if w1.ndim != 2 or b1.shape != (w1.shape[1],):
-        raise ValueError(f"{path}: malformed head weights")
+        raise ValueError(f"{path}: malformed {prefix} head weights")
     if w2 is not None and w2.shape != (w1.shape[1],):
-        raise ValueError(f"{path}: malformed head weights (w2)")
+        raise ValueError(f"{path}: malformed {prefix} head weights (w2)")
     return Head(w1=w1, b1=b1, w2=w2, b2=b2)
+
+
+def load_heads(path: Path) -> HeadSet:
+    with np.load(path, allow_pickle=False) as data:
+        prompt = _load_head(data, "prompt", path)
+        response = _load_head(data, "response", path)
+        categories = None
+        if "categories.w" in data.files:
+            w = np.asarray(data["categories.w"], dtype=np.float32)
+            b = np.asarray(data["categories.b"], dtype=np.float32)
+            names = tuple(str(n) for n in data["categories.names"].tolist())
+            if w.shape != (prompt.dim, len(names)) or b.shape != (len(names),):
+                raise ValueError(f"{path}: malformed category head")
+            categories = CategoryHead(w=w, b=b, names=names)
+    if response.dim != 2 * prompt.dim:
+        raise ValueError(f"{path}: the response head must read [context, window] embeddings")
+    return HeadSet(prompt=prompt, response=response, categories=categories)
 
 
 def text_windows(
@@ -116,46 +198,3 @@ def text_windows(
             break
         start = max(start + 1, end - int((end - start) * overlap))
     return out
-
-
-def split_key(source: str, record_id: str) -> str:
-    """The unit a record is split by: its id, or for multijail its source prompt.
-
-    multijail rows are 315 prompts x 10 languages (`multijail-<n>`, prompt `n mod 315`), so
-    translations of one prompt share a key and never straddle train and test.
-    """
-    if source == "multijail":
-        return f"multijail-src-{int(record_id.rsplit('-', 1)[1]) % 315}"
-    return record_id
-
-
-def hash_unit(key: str) -> float:
-    """A stable pseudo-random number in [0, 1) for a split key (sha256, not Python's hash)."""
-    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:12], 16) / float(16**12)
-
-
-def assign_split(
-    source: str,
-    record_id: str,
-    lang: str,
-    *,
-    train_sets: Mapping[str, Sequence[str] | None],
-    test_fraction: float,
-    val_fraction: float,
-) -> str:
-    """Which split a record is in: `holdout`, `test`, `val`, `train` or `unused`.
-
-    `train_sets` maps each set used in training to the languages it trains on (None: all).
-    `holdout`: a set never trained on. `test`: the held-out part of a trained set (all
-    languages of a held-out multijail prompt). `unused`: a row of a trained set in a language
-    left out of training whose prompt is in the training part (its translation was seen).
-    """
-    if source not in train_sets:
-        return "holdout"
-    u = hash_unit(split_key(source, record_id))
-    if u < test_fraction:
-        return "test"
-    langs = train_sets[source]
-    if langs is not None and lang not in langs:
-        return "unused"
-    return "val" if u < test_fraction + val_fraction else "train"

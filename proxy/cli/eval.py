@@ -49,8 +49,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--heldout",
         action="store_true",
-        help="only records the embedded head was not trained on, by the split rule shipped "
-        "with its weights (matched by file name and record id, as in shared/datasets)",
+        help="only records the embedded head was not trained on: the test rows listed with "
+        "its weights (matched by file name and record id, as in data/datasets) and files it "
+        "never trained on",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -101,23 +102,24 @@ def _records(args: argparse.Namespace) -> list[EvalRecord]:
 
 
 def _heldout_filter() -> Callable[[EvalRecord], bool]:
-    """Records in the head's test split or in a set it never saw, by the shipped split rule."""
-    from guard_engine.backends.embedded_head import DEFAULT_METADATA, assign_split
+    """Records the embedded head never trained on: the test rows its metadata lists (by file
+    name and row number, as in data/datasets), files it held out entirely, and files it
+    never read (the hand-written probes in benchmarks/)."""
+    from guard_engine.backends.embedded_head import DEFAULT_METADATA
 
     meta = json.loads(DEFAULT_METADATA.read_text(encoding="utf-8"))
-    split = meta["split"]
-    train_sets: dict[str, list[str] | None] = meta["train_sets"]
+    test_rows = {name: set(rows) for name, rows in meta["test_rows"].items()}
+    trained = set(meta["data"]) - {f"{stem}.jsonl" for stem in meta["held_out_files"]}
 
     def keep(rec: EvalRecord) -> bool:
-        where = assign_split(
-            rec.source,
-            rec.id,
-            rec.lang,
-            train_sets=train_sets,
-            test_fraction=float(split["test_fraction"]),
-            val_fraction=float(split["val_fraction"]),
-        )
-        return where in ("test", "holdout")
+        name = f"{rec.source}.jsonl"
+        if name not in trained:
+            return True
+        try:
+            row = int(rec.id.rsplit("-", 1)[1])
+        except (IndexError, ValueError):
+            return False
+        return row in test_rows.get(name, set())
 
     return keep
 
