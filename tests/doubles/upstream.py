@@ -12,6 +12,8 @@ records what it received and which clients went away. Request headers steer it:
     x-double-die-after: 2         stream: break the connection after this many chunks
     x-double-echo: 1              add the received body and headers to the answer (`echo`)
     x-double-id: abc              name this request in `disconnects` / `wait_disconnect`
+    x-double-reply: Sure%2C%20... answer with this text (percent-encoded UTF-8); a stream sends
+                                  it word by word
 
 Every answer carries a vendor field (`x_double`) and a vendor header (`x-double-served`) so
 tests can check that unknown fields pass through the gateway in both directions.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,7 +150,7 @@ class UpstreamDouble:
                 ],
             }
         )
-        events = _stream_events(body, chunks, tools, echo)
+        events = _stream_events(body, chunks, tools, echo, _reply(headers))
         for i, event in enumerate(events):
             if i == die_after:
                 raise DoubleDied("the double breaks the stream on request")
@@ -224,7 +227,7 @@ def _completion(
         ]
         finish = "tool_calls"
     else:
-        message["content"] = f"double says: {_last_user_text(body)}"
+        message["content"] = _reply(headers) or f"double says: {_last_user_text(body)}"
         finish = "stop"
     out: dict[str, Any] = {
         "id": "chatcmpl-double",
@@ -240,8 +243,17 @@ def _completion(
     return out
 
 
+def _reply(headers: dict[str, str]) -> str | None:
+    raw = headers.get("x-double-reply")
+    return urllib.parse.unquote(raw) if raw else None
+
+
 def _stream_events(
-    body: dict[str, Any], chunks: int, tools: bool, echo: dict[str, Any] | None
+    body: dict[str, Any],
+    chunks: int,
+    tools: bool,
+    echo: dict[str, Any] | None,
+    reply: str | None = None,
 ) -> list[bytes]:
     base = {
         "id": "chatcmpl-double",
@@ -269,6 +281,12 @@ def _stream_events(
             part = _TOOL_ARGS[i : i + step]
             events.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}))
         events.append(chunk({}, "tool_calls"))
+    elif reply is not None:
+        words = reply.split(" ")
+        events.extend(
+            chunk({"content": w if i == len(words) - 1 else w + " "}) for i, w in enumerate(words)
+        )
+        events.append(chunk({}, "stop"))
     else:
         events.extend(chunk({"content": f"word{i} "}) for i in range(chunks))
         events.append(chunk({}, "stop"))
