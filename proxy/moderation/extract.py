@@ -3,8 +3,9 @@
 Input side (DESIGN section 1): by default (`scope: last_user`) every user message of the
 current turn (all of them after the last assistant message, with their images);
 `scope: conversation` adds earlier turns as context; `include_tool_results` adds the tool
-results of the current turn; system prompts only when the policy asks. Output side: the
-assistant text of every choice plus tool-call names and arguments (they are output too).
+results of the current turn; system prompts only when the policy asks. Output side:
+everything the model wrote in every choice: reasoning, content, refusal, tool-call names and
+arguments (all of it reaches the client, so all of it is output).
 
 Anything the guard cannot judge (audio, files, unknown part types, malformed parts) is
 collected as `uncheckable` with the request path of the part, so the policy can refuse or flag
@@ -18,6 +19,7 @@ from typing import Any
 
 from guard_engine.policy.compiled import InputSettings
 from guard_engine.types import Turn
+from proxy.moderation.message_text import content_text, message_reasoning
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +146,8 @@ def _tool_call_text(message: dict[str, Any]) -> str:
 
 
 def extract_output(response: dict[str, Any]) -> str:
-    """All assistant text of a chat.completion: every choice's content and tool calls."""
+    """All assistant text of a chat.completion: every choice's reasoning (in any of the fields
+    providers use), content (string or parts), refusal and tool calls."""
     texts: list[str] = []
     choices = response.get("choices")
     if not isinstance(choices, list):
@@ -153,17 +156,11 @@ def extract_output(response: dict[str, Any]) -> str:
         message = choice.get("message") if isinstance(choice, dict) else None
         if not isinstance(message, dict):
             continue
-        content = message.get("content")
-        if isinstance(content, str) and content:
-            texts.append(content)
-        elif isinstance(content, list):
-            texts.extend(
-                p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
-            )
-        calls = _tool_call_text(message)
-        if calls:
-            texts.append(calls)
+        texts.append(message_reasoning(message))
+        texts.append(content_text(message.get("content"), sep="\n\n"))
+        texts.append(content_text(message.get("refusal")))
+        texts.append(_tool_call_text(message))
         legacy = message.get("function_call")
         if isinstance(legacy, dict):
             texts.append(f"{legacy.get('name', '')}({legacy.get('arguments', '')})")
-    return "\n\n".join(texts)
+    return "\n\n".join(t for t in texts if t)

@@ -40,6 +40,7 @@ from proxy.moderation.decide import StageResult, skipped
 from proxy.moderation.extract import extract_output
 from proxy.moderation.headers import Decisions
 from proxy.moderation.inputs import prepare_input
+from proxy.moderation.message_text import strip_choices
 from proxy.moderation.shadow import BackgroundTasks, ShadowHook, ShadowRunner
 from proxy.moderation.spans import ModerationSpans
 from proxy.moderation.stream_decision import stream_result, unchecked_verdict
@@ -215,6 +216,8 @@ class ModerationPipeline:
             check=check,
             refusal=policy.on_block.refusal,
             outcome=outcome,
+            strip_reasoning=policy.output.reasoning == "strip",
+            on_uncheckable=policy.input.on_uncheckable,
         )
         reply.stream = self._stream_finished(
             call, decisions, timing, outcome, moderated, upstream_stream
@@ -235,7 +238,12 @@ class ModerationPipeline:
         except orjson.JSONDecodeError:
             await reply.aclose()
             raise UpstreamError("The upstream answered with a body that is not JSON.") from None
-        text = extract_output(data) if isinstance(data, dict) else ""
+        if not isinstance(data, dict):
+            data = {}
+        elif policy.output.reasoning == "strip" and strip_choices(data, "message"):
+            # Removed before the check, so the client receives exactly what the guard judged.
+            reply.body = orjson.dumps(data)
+        text = extract_output(data)
         if not text:
             decisions.output = skipped("output")
             return self._done(call, decisions, timing, reply)

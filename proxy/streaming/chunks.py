@@ -3,9 +3,10 @@
 `ResponseText` accumulates what a streamed answer has said so far, per choice, and renders it the
 way the non-streaming output check does (`proxy.moderation.extract.extract_output`): per choice
 the content, then each tool call as `name(arguments)`, parts and choices separated by a blank
-line. Everything a client can display counts as text: `content`, `refusal`, `reasoning_content`
-(reasoning models stream it to the client too), tool-call names and arguments, and the legacy
-`function_call`.
+line. Everything a client can display counts as text: `content` (a string or an array of
+parts), `refusal`, reasoning under any of its names (`reasoning_content`, `reasoning`,
+`reasoning_details`, see `proxy.moderation.message_text`), tool-call names and arguments, and
+the legacy `function_call`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,17 @@ from typing import Any
 import orjson
 
 from proxy.errors import GatewayError, GuardUnavailableError, UpstreamError
-from proxy.sse import DONE, encode_data
+from proxy.moderation.message_text import content_text, message_reasoning, strip_choices
+from proxy.sse import DONE, SSEEvent, encode_data
+
+
+def parse_chunk(data: bytes) -> dict[str, Any] | None:
+    """One event's JSON payload as an object, or None when it is not one (malformed)."""
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return chunk if isinstance(chunk, dict) else None
 
 
 class _Choice:
@@ -74,12 +85,11 @@ class ResponseText:
 
     def add(self, data: bytes) -> int:
         """Reads one event's JSON payload; returns the text characters it added, -1 if malformed."""
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return -1
-        if not isinstance(chunk, dict):
-            return -1
+        chunk = parse_chunk(data)
+        return -1 if chunk is None else self.add_chunk(chunk)
+
+    def add_chunk(self, chunk: dict[str, Any]) -> int:
+        """Reads one parsed chunk; returns the text characters it added."""
         if self.id is None:
             self.id = chunk.get("id")
             self.created = chunk.get("created")
@@ -116,9 +126,8 @@ class ResponseText:
         delta = item.get("delta")
         if not isinstance(delta, dict):
             return 0
-        added = _add(choice.content, delta.get("content"))
-        if "reasoning_content" in delta:
-            added += _add(choice.reasoning, delta["reasoning_content"])
+        added = _add(choice.content, content_text(delta.get("content")))
+        added += _add(choice.reasoning, message_reasoning(delta))
         if "refusal" in delta:
             added += _add(choice.refusal, delta["refusal"])
         calls = delta.get("tool_calls")
@@ -138,6 +147,19 @@ class ResponseText:
                 choice.function = [[], []]
             added += _add_call(choice.function, legacy)
         return added
+
+    def read(self, event: SSEEvent, *, strip_reasoning: bool = False) -> tuple[bytes, int]:
+        """One data event: (the bytes to send for it, text characters it added, -1 when it is
+        not a JSON object). With `strip_reasoning` the reasoning fields are removed from its
+        deltas first (and the event re-encoded): stripped text is neither sent nor counted."""
+        assert event.data is not None
+        chunk = parse_chunk(event.data)
+        if chunk is None:
+            return event.raw, -1
+        raw = event.raw
+        if strip_reasoning and strip_choices(chunk, "delta"):
+            raw = encode_data(orjson.dumps(chunk))
+        return raw, self.add_chunk(chunk)
 
     @property
     def indices(self) -> list[int]:

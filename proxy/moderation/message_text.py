@@ -1,0 +1,87 @@
+"""The text an assistant message (or a streamed delta of one) shows: content and reasoning.
+
+Shared by the non-streaming output check (`extract.extract_output`) and the streaming one
+(`proxy.streaming.chunks.ResponseText`), so that both read the same fields the same way.
+
+Content may be a string or an array of parts (`[{"type": "text", "text": "..."}]`, also in
+streamed deltas). Reasoning comes under three names: `reasoning_content` (DeepSeek, vLLM,
+SGLang), `reasoning` (vLLM's newer name, OpenRouter, Groq; a string, or an object or array in
+some providers) and `reasoning_details` (OpenRouter: an array of typed objects). A client can
+show all of it, so all of it is output.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Every field under which providers deliver the model's reasoning to the client.
+REASONING_FIELDS = ("reasoning_content", "reasoning", "reasoning_details")
+
+# Keys of reasoning objects that hold no readable text: ids, type tags, signatures and
+# encrypted blobs (which the client cannot read either). Every other string is judged.
+_OPAQUE_KEYS = frozenset({"type", "id", "format", "signature", "data", "encrypted_content"})
+
+
+def content_text(value: object, sep: str = "") -> str:
+    """The text of a `content` field: a string, or the text (and refusal) of its parts."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        return ""
+    texts: list[str] = []
+    for part in value:
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, dict):
+            for key in ("text", "refusal"):
+                if isinstance(part.get(key), str):
+                    texts.append(part[key])
+    return sep.join(t for t in texts if t)
+
+
+def reasoning_text(value: object) -> str:
+    """Every readable string of a reasoning value, whatever its shape, in document order."""
+    texts: list[str] = []
+    _collect(value, texts)
+    return "".join(texts)
+
+
+def _collect(value: object, out: list[str]) -> None:
+    if isinstance(value, str):
+        if value:
+            out.append(value)
+    elif isinstance(value, list):
+        for item in value:
+            _collect(item, out)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key not in _OPAQUE_KEYS:
+                _collect(item, out)
+
+
+def message_reasoning(message: dict[str, Any]) -> str:
+    """All reasoning text of one message or delta (every field that carries it)."""
+    return "".join(reasoning_text(message[f]) for f in REASONING_FIELDS if f in message)
+
+
+def strip_reasoning(message: dict[str, Any]) -> bool:
+    """Removes every reasoning field from a message or delta; True if there was one."""
+    found = False
+    for name in REASONING_FIELDS:
+        if name in message:
+            del message[name]
+            found = True
+    return found
+
+
+def strip_choices(payload: dict[str, Any], key: str) -> bool:
+    """Strips reasoning from `choices[].<key>` (`message` in a body, `delta` in a chunk)."""
+    choices = payload.get("choices")
+    if not isinstance(choices, list):
+        return False
+    found = False
+    for choice in choices:
+        target = choice.get(key) if isinstance(choice, dict) else None
+        if isinstance(target, dict) and strip_reasoning(target):
+            found = True
+    return found
