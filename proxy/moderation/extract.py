@@ -19,7 +19,12 @@ from typing import Any
 
 from guard_engine.policy.compiled import InputSettings
 from guard_engine.types import Turn
-from proxy.moderation.message_text import content_text, message_reasoning
+from proxy.moderation.message_text import (
+    audio_transcript,
+    content_text,
+    message_reasoning,
+    unreadable_content,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +164,22 @@ def extract_output(response: dict[str, Any]) -> str:
         texts.append(message_reasoning(message))
         texts.append(content_text(message.get("content"), sep="\n\n"))
         texts.append(content_text(message.get("refusal")))
+        texts.append(audio_transcript(message))
         texts.append(_tool_call_text(message))
         legacy = message.get("function_call")
         if isinstance(legacy, dict):
             texts.append(f"{legacy.get('name', '')}({legacy.get('arguments', '')})")
     return "\n\n".join(t for t in texts if t)
+
+
+def uncheckable_output(response: dict[str, Any]) -> list[str]:
+    """Paths of assistant content the gateway cannot read as text (see unreadable_content)."""
+    choices = response.get("choices")
+    if not isinstance(choices, list):
+        return []
+    out: list[str] = []
+    for i, choice in enumerate(choices):
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict) and unreadable_content(message.get("content")):
+            out.append(f"choices[{i}].message.content")
+    return out

@@ -7,7 +7,9 @@ Content may be a string or an array of parts (`[{"type": "text", "text": "..."}]
 streamed deltas). Reasoning comes under three names: `reasoning_content` (DeepSeek, vLLM,
 SGLang), `reasoning` (vLLM's newer name, OpenRouter, Groq; a string, or an object or array in
 some providers) and `reasoning_details` (OpenRouter: an array of typed objects). A client can
-show all of it, so all of it is output.
+show all of it, so all of it is output. So is an audio answer's transcript. Content parts the
+gateway cannot read as text are reported (`unreadable_content`) so the policy's
+`on_uncheckable` rule can decide, never passed as if they carried nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ REASONING_FIELDS = ("reasoning_content", "reasoning", "reasoning_details")
 
 # Keys of reasoning objects that hold no readable text: ids, type tags, signatures and
 # encrypted blobs (which the client cannot read either). Every other string is judged.
+# The keys of a content part that hold its text (`{"type": "text", "text": ...}`, refusals).
+_PART_TEXT = ("text", "refusal")
+
 _OPAQUE_KEYS = frozenset({"type", "id", "format", "signature", "data", "encrypted_content"})
 
 
@@ -33,10 +38,32 @@ def content_text(value: object, sep: str = "") -> str:
         if isinstance(part, str):
             texts.append(part)
         elif isinstance(part, dict):
-            for key in ("text", "refusal"):
+            for key in _PART_TEXT:
                 if isinstance(part.get(key), str):
                     texts.append(part[key])
     return sep.join(t for t in texts if t)
+
+
+def unreadable_content(value: object) -> bool:
+    """True when `content` holds something the gateway cannot read as text: a part without a
+    `text` or `refusal` string (an image, audio, an unknown type) or a value of another type.
+    What it shows is not what a guard would judge, so it is uncheckable output."""
+    if value is None or isinstance(value, str):
+        return False
+    if not isinstance(value, list):
+        return True
+    return not all(
+        isinstance(part, str)
+        or (isinstance(part, dict) and any(isinstance(part.get(k), str) for k in _PART_TEXT))
+        for part in value
+    )
+
+
+def audio_transcript(message: dict[str, Any]) -> str:
+    """The transcript of an audio answer (`audio.transcript`): what the model said aloud."""
+    audio = message.get("audio")
+    transcript = audio.get("transcript") if isinstance(audio, dict) else None
+    return transcript if isinstance(transcript, str) else ""
 
 
 def reasoning_text(value: object) -> str:

@@ -37,7 +37,7 @@ from proxy.moderation.blocks import (
     refusal_stream,
 )
 from proxy.moderation.decide import StageResult, skipped
-from proxy.moderation.extract import extract_output
+from proxy.moderation.extract import extract_output, uncheckable_output
 from proxy.moderation.headers import Decisions
 from proxy.moderation.inputs import prepare_input
 from proxy.moderation.message_text import strip_choices
@@ -243,6 +243,16 @@ class ModerationPipeline:
         elif policy.output.reasoning == "strip" and strip_choices(data, "message"):
             # Removed before the check, so the client receives exactly what the guard judged.
             reply.body = orjson.dumps(data)
+        unreadable = uncheckable_output(data)
+        if unreadable:
+            # Output parts nobody can read as text: the policy's refuse/flag rule decides.
+            if policy.input.on_uncheckable == "refuse":
+                decisions.output = StageResult(
+                    stage="output", status="degraded", degraded_reason="uncheckable_refused"
+                )
+                reply.body = redact_completion(data, policy.on_block.refusal)
+                return self._done(call, decisions, timing, reply)
+            decisions.unchecked = (*decisions.unchecked, *unreadable)  # x-guardline-unchecked
         text = extract_output(data)
         if not text:
             decisions.output = skipped("output")
@@ -252,6 +262,10 @@ class ModerationPipeline:
         self.shadows.run(call, policy, request, decisions.output)
         if decisions.output.flagged:
             reply.body = redact_completion(data, policy.on_block.refusal)
+        elif unreadable and decisions.output.status == "safe":
+            decisions.output = replace(
+                decisions.output, status="degraded", degraded_reason="uncheckable_flagged"
+            )
         return self._done(call, decisions, timing, reply)
 
     def _done(

@@ -25,7 +25,8 @@ removed from each event instead (the event is re-encoded without it) and never c
 
 An event the gateway cannot parse (its data is neither `[DONE]` nor a JSON object) may still
 carry text a lenient client would show, and no guard can read it, so it is uncheckable content
-under the policy's `on_uncheckable` rule (as unsupported input parts are):
+under the policy's `on_uncheckable` rule (as unsupported input parts are); so is an event whose
+`delta.content` has parts that are not text (an image, audio, an unknown type):
 - `refuse` (default): the stream ends as a block at once: nothing more is released (held text
   is dropped unreleased), one `content_filter` chunk with the refusal, `[DONE]`, the upstream
   closed. A content_filter end rather than an error event, because the policy stopped the

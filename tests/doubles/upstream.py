@@ -16,7 +16,9 @@ records what it received and which clients went away. Request headers steer it:
     x-double-reasoning-field: f   ...under `reasoning_content` (default, as vLLM and DeepSeek),
                                   `reasoning` (string) or `reasoning_details` (OpenRouter's
                                   array of typed objects)
-    x-double-content-parts: 1     content as an array of text parts (also in stream deltas)
+    x-double-content-parts: 1     content as an array of text parts (also in stream deltas);
+                                  `image`: and one image part after the text (as providers that
+                                  generate images through chat completions send)
     x-double-malformed-after: 2   stream: after this many content chunks, one event whose data
                                   is cut-off JSON (carrying text), as a broken provider sends
 
@@ -254,9 +256,15 @@ def _completion(
 
 def _content(headers: dict[str, str], text: str) -> Any:
     """Content as a string, or as an array of text parts when the test asks for that form."""
-    if headers.get("x-double-content-parts"):
+    form = headers.get("x-double-content-parts")
+    if form == "image":
+        return [{"type": "text", "text": text}, _IMAGE_PART]
+    if form:
         return [{"type": "text", "text": text}]
     return text
+
+
+_IMAGE_PART = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
 
 
 def _reasoning(field: str, text: str) -> Any:

@@ -156,3 +156,23 @@ def test_unparseable_event_flagged_is_released_and_recorded(gateway: Gateway) ->
         httpx.get(f"{gateway.url}/healthz")  # a round trip lets the gateway finish the record
     else:
         raise AssertionError("no uncheckable_flagged output decision was recorded")
+
+
+def test_non_text_content_parts_follow_the_uncheckable_rule(gateway: Gateway) -> None:
+    headers = {"x-double-content-parts": "image"}
+    gateway.start(on_block={"refusal": "[blocked]"})
+    refused = _post(gateway, headers)
+    assert refused.status_code == 200
+    assert refused.json()["choices"][0]["message"]["content"] == "[blocked]"
+    assert refused.json()["choices"][0]["finish_reason"] == "content_filter"
+    assert refused.headers["x-guardline-output"] == "degraded"
+    assert "image_url" not in refused.text
+    _, chunks, raw = _stream(gateway, headers)
+    assert "image_url" not in raw and _finish_reasons(chunks) == ["content_filter"]
+
+    gateway.stack.close()
+    gateway.start(input={"on_uncheckable": "flag"})
+    flagged = _post(gateway, headers)
+    assert flagged.json()["choices"][0]["message"]["content"][1]["type"] == "image_url"
+    assert flagged.headers["x-guardline-output"] == "degraded"
+    assert flagged.headers["x-guardline-unchecked"] == "choices[0].message.content"

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import random
 
+import orjson
 import pytest
 
-from proxy.sse import DONE
+from proxy.sse import DONE, encode_data
 from proxy.streaming import StreamMode, StreamOutcome, moderate_stream
 from tests.proxy.streaming_helpers import (
     TRIGGER,
@@ -356,3 +357,20 @@ async def test_keep_alive_goes_out_while_text_is_held() -> None:
     assert not check.passed
     gate.set()
     assert await drain(stream) == chunk("held text") + chunk(finish="stop") + DONE
+
+
+async def test_content_parts_that_are_not_text_are_uncheckable() -> None:
+    image = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
+    parts = encode_data(orjson.dumps({"choices": [{"index": 0, "delta": {"content": image}}]}))
+    chunks = [chunk("hello "), parts, chunk(finish="stop"), DONE]
+    client, outcome, _ = await run(chunks, RecordingCheck(), holdback=1)
+    assert outcome.refused_uncheckable and b"image_url" not in client.raw
+    client, outcome, _ = await run(chunks, RecordingCheck(), holdback=1, on_uncheckable="flag")
+    assert b"image_url" in client.raw and outcome.uncheckable == 1 and outcome.completed
+
+
+async def test_audio_transcript_is_text() -> None:
+    audio = {"id": "a", "transcript": f"say {TRIGGER}", "data": "AAAA"}
+    events = [encode_data(orjson.dumps({"choices": [{"index": 0, "delta": {"audio": audio}}]}))]
+    client, outcome, _ = await run([*events, chunk(finish="stop"), DONE], RecordingCheck())
+    assert outcome.blocked and TRIGGER not in client.raw.decode()
