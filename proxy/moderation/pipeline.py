@@ -48,6 +48,7 @@ from proxy.observability.timing import Kind, RequestTiming
 from proxy.observability.tracing import SPAN_GUARD_HOLDBACK
 from proxy.streaming.holdback import moderate_stream
 from proxy.streaming.outcome import StreamOutcome
+from proxy.streaming.strip import strip_reasoning_stream
 from proxy.upstreams.reply import UpstreamReply
 
 if TYPE_CHECKING:
@@ -199,6 +200,8 @@ class ModerationPipeline:
     ) -> UpstreamReply:
         if reply.status >= 400 or not policy.output.enabled:
             decisions.output = skipped("output")
+            if reply.status < 400 and policy.output.reasoning == "strip":
+                _strip_unchecked(reply)
             return self._done(call, decisions, timing, reply)
         if reply.stream is None:
             return await self._check_body(call, policy, decisions, timing, prompt, reply)
@@ -343,6 +346,19 @@ class ModerationPipeline:
     ) -> None:
         if self._on_finished is not None:
             self._on_finished(call, decisions, timing, outcome)
+
+
+def _strip_unchecked(reply: UpstreamReply) -> None:
+    """Removes reasoning from an answer no output check reads (`output.enabled: false`)."""
+    if reply.stream is not None:
+        reply.stream = strip_reasoning_stream(reply.stream)
+        return
+    try:
+        data = orjson.loads(reply.body)
+    except orjson.JSONDecodeError:
+        return  # not a chat completion: nothing of it is reasoning we could find
+    if isinstance(data, dict) and strip_choices(data, "message"):
+        reply.body = orjson.dumps(data)
 
 
 async def _iterate(events: list[bytes]) -> AsyncIterator[bytes]:

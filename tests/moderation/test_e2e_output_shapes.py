@@ -176,3 +176,16 @@ def test_non_text_content_parts_follow_the_uncheckable_rule(gateway: Gateway) ->
     assert flagged.json()["choices"][0]["message"]["content"][1]["type"] == "image_url"
     assert flagged.headers["x-guardline-output"] == "degraded"
     assert flagged.headers["x-guardline-unchecked"] == "choices[0].message.content"
+
+
+def test_strip_applies_even_when_the_output_is_not_checked(
+    gateway: Gateway, guard: SGLangDouble
+) -> None:
+    gateway.start(output={"enabled": False, "reasoning": "strip"})
+    headers = {"x-double-reasoning": UNSAFE_THOUGHT}
+    response = _post(gateway, headers)
+    assert response.headers["x-guardline-output"] == "skipped"
+    assert "reasoning_content" not in response.json()["choices"][0]["message"]
+    _, chunks, raw = _stream(gateway, headers)
+    assert "bomb" not in raw and "reasoning_content" not in raw
+    assert _finish_reasons(chunks) == ["stop"] and raw.rstrip().endswith("data: [DONE]")
