@@ -7,14 +7,21 @@ are only an estimate of tokens (code and CJK text take more tokens per character
 guard still refuses a window as longer than its context, that window is split in half and
 judged again, down to `MIN_WINDOW_CHARS`: a long text is judged, never answered with a
 retryable 503.
+
+A stream's hold-back checks judge the whole answer so far each time, so the windows at its
+start come back unchanged check after check: the verdicts of windows judged safe are kept in
+a small LRU (keyed like the verdict cache: guard, model, `policy@hash`, mode, content) and not
+asked again. A request that fits in one call is passed through untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from guard_engine.backends.base import Backend, BackendHealth, BackendResult
+from guard_engine.cache import cache_key
 from guard_engine.errors import GuardError, GuardUnavailable
 from guard_engine.policy.compiled import CompiledPolicy
 from guard_engine.types import GuardRequest, Mode, ParsedVerdict
@@ -24,6 +31,7 @@ from guard_engine.windows import MIN_WINDOW_CHARS, flagged, request_chars, split
 # "The input (5000 tokens) is longer than the model's context length (4096 tokens)."
 # "This model's maximum context length is 4096 tokens. However, you requested ..."
 _TOO_LONG = ("context length", "context_length", "maximum context", "too long")
+SAFE_WINDOWS_KEPT = 512
 
 
 def too_long(exc: GuardError) -> bool:
@@ -43,6 +51,7 @@ class WindowedBackend:
         self.model = inner.model
         self.max_chars = max_chars
         self._parallel = parallel
+        self._safe: OrderedDict[str, BackendResult] = OrderedDict()  # LRU of safe windows
 
     @property
     def breaker(self) -> object:
@@ -72,7 +81,8 @@ class WindowedBackend:
         if len(windows) == 1:
             return await self._one(windows[0], policy, mode, headers, slots)
         tasks = [
-            asyncio.ensure_future(self._one(w, policy, mode, headers, slots)) for w in windows
+            asyncio.ensure_future(self._remembered(w, policy, mode, headers, slots))
+            for w in windows
         ]
         index = {task: i for i, task in enumerate(tasks)}
         results: dict[int, BackendResult] = {}
@@ -90,6 +100,29 @@ class WindowedBackend:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _remembered(
+        self,
+        window: GuardRequest,
+        policy: CompiledPolicy,
+        mode: Mode,
+        headers: dict[str, str] | None,
+        slots: asyncio.Semaphore,
+    ) -> BackendResult:
+        """One window of a split check, answered from the safe-window LRU when it can be."""
+        key = cache_key(
+            guard=self.name, adapter=self.model, policy_ref=policy.ref, mode=mode, request=window
+        )
+        known = self._safe.get(key)
+        if known is not None:
+            self._safe.move_to_end(key)
+            return known
+        result = await self._one(window, policy, mode, headers, slots)
+        if not flagged(result.verdict, window):
+            self._safe[key] = result
+            if len(self._safe) > SAFE_WINDOWS_KEPT:
+                self._safe.popitem(last=False)
+        return result
 
     async def _one(
         self,

@@ -159,3 +159,25 @@ async def test_other_guard_failures_are_not_retried() -> None:
     backend = WindowedBackend(Down(), max_chars=1000)
     with pytest.raises(GuardUnavailable):
         await backend.check(GuardRequest(prompt="x" * 5000), make_policy(), mode="binary")
+
+
+async def test_windows_judged_safe_are_not_asked_again() -> None:
+    # A hold-back stream re-checks the answer so far: its first windows do not change.
+    inner = _Guard()
+    backend = WindowedBackend(inner, max_chars=1000)
+    policy = make_policy()
+    answer = _text(random.Random(3), 600)
+    first = await backend.check(
+        GuardRequest(prompt="q", response=answer), policy, mode="categories"
+    )
+    calls = len(inner.sizes)
+    longer = answer + _text(random.Random(4), 50)
+    second = await backend.check(
+        GuardRequest(prompt="q", response=longer), policy, mode="categories"
+    )
+    assert first.verdict.response_label == second.verdict.response_label == "safe"
+    assert len(inner.sizes) - calls < calls  # only the windows that changed
+    before = len(inner.sizes)
+    other = make_policy(hash8="ffffffff")  # another policy version asks again
+    await backend.check(GuardRequest(prompt="q", response=answer), other, mode="categories")
+    assert len(inner.sizes) - before == calls
