@@ -171,21 +171,23 @@ class ResponseText:
             added += _add_call(choice.function, legacy)
         return added
 
-    def read(self, event: SSEEvent, *, strip_reasoning: bool = False) -> tuple[bytes, int]:
-        """One data event: (the bytes to send for it, text characters it added), or -1 for
-        the characters when it cannot be checked: not a JSON object, or content parts that are
-        not text. With `strip_reasoning` the reasoning fields are removed from its deltas first
-        (and the event re-encoded): stripped text is neither sent nor counted."""
+    def read(self, event: SSEEvent, *, strip_reasoning: bool = False) -> tuple[bytes, int, bool]:
+        """One data event: (the bytes to send for it, text characters it added, checkable).
+
+        Not checkable: data that is not a JSON object (nothing of it is read), or content
+        parts that are not text (their text parts are read, the rest cannot be). With
+        `strip_reasoning` the reasoning fields are removed from its deltas first (and the event
+        re-encoded): stripped text is neither sent nor counted."""
         assert event.data is not None
         chunk = parse_chunk(event.data)
         if chunk is None:
-            return event.raw, -1
+            return event.raw, 0, False
         raw = event.raw
         if strip_reasoning and strip_choices(chunk, "delta"):
             raw = encode_data(orjson.dumps(chunk))
         self.unreadable = False
         added = self.add_chunk(chunk)
-        return raw, -1 if self.unreadable else added
+        return raw, added, not self.unreadable
 
     @property
     def indices(self) -> list[int]:

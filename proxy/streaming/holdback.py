@@ -31,8 +31,9 @@ under the policy's `on_uncheckable` rule (as unsupported input parts are); so is
   is dropped unreleased), one `content_filter` chunk with the refusal, `[DONE]`, the upstream
   closed. A content_filter end rather than an error event, because the policy stopped the
   answer on purpose and SDKs surface that without raising.
-- `flag`: the event is released unchanged in order (only after every text before it has been
-  checked) and counted in `outcome.uncheckable`; the output decision becomes `degraded`.
+- `flag`: the event is released unchanged in order (only after every text before it, and any
+  text it carries itself, has been checked) and counted in `outcome.uncheckable`; the output
+  decision becomes `degraded`.
 
 Ends: a flagged verdict releases nothing more and sends one `content_filter` chunk then
 `[DONE]`; a guard failure (the pipeline has already applied `on_guard_error`, so an exception
@@ -261,8 +262,8 @@ async def _gated(
                     else:
                         held.append((0, 0, event.raw))
                     continue
-                raw, chars = text.read(event, strip_reasoning=rules.strip_reasoning)
-                if chars < 0:  # unparseable: nobody can check what it carries
+                raw, chars, checkable = text.read(event, strip_reasoning=rules.strip_reasoning)
+                if not checkable:  # nobody can check (all of) what it carries
                     outcome.uncheckable += 1
                     if rules.refuse_uncheckable:
                         outcome.blocked = outcome.refused_uncheckable = True

@@ -109,12 +109,11 @@ async def monitor_stream(
                         outcome.completed = True
                         break
                     continue
-                raw, chars = text.read(event, strip_reasoning=strip_reasoning)
+                raw, chars, checkable = text.read(event, strip_reasoning=strip_reasoning)
                 parts.append(raw)
-                if chars < 0:  # released unchecked (monitor never holds); recorded
+                if not checkable:  # released unchecked (monitor never holds); recorded
                     outcome.uncheckable += 1
-                elif chars > 0:
-                    outcome.released_chars += chars
+                outcome.released_chars += chars
             checks.poke()
             if chunk is None:
                 await reader.aclose()

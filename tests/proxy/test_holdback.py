@@ -360,13 +360,25 @@ async def test_keep_alive_goes_out_while_text_is_held() -> None:
 
 
 async def test_content_parts_that_are_not_text_are_uncheckable() -> None:
-    image = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
-    parts = encode_data(orjson.dumps({"choices": [{"index": 0, "delta": {"content": image}}]}))
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    content = [{"type": "text", "text": "look "}, image]
+    parts = encode_data(orjson.dumps({"choices": [{"index": 0, "delta": {"content": content}}]}))
     chunks = [chunk("hello "), parts, chunk(finish="stop"), DONE]
     client, outcome, _ = await run(chunks, RecordingCheck(), holdback=1)
     assert outcome.refused_uncheckable and b"image_url" not in client.raw
-    client, outcome, _ = await run(chunks, RecordingCheck(), holdback=1, on_uncheckable="flag")
+    order: list[tuple[bytes, list[str]]] = []
+
+    def on_yield(client: Client, check: RecordingCheck) -> None:
+        order.append((client.raw, list(check.passed)))
+
+    check = RecordingCheck()
+    client, outcome, _ = await run(
+        chunks, check, holdback=1000, on_uncheckable="flag", on_yield=on_yield
+    )
     assert b"image_url" in client.raw and outcome.uncheckable == 1 and outcome.completed
+    for raw, passed in order:  # its text part went out only after a check covering it
+        if b"image_url" in raw:
+            assert any("hello look " in text for text in passed)
 
 
 async def test_audio_transcript_is_text() -> None:
