@@ -48,6 +48,9 @@ class SGLangGuardConfig(Strict):
     timeout_ms: int = Field(default=3000, gt=0)
     max_concurrency: int = Field(default=64, ge=1)
     breaker: BreakerConfig = BreakerConfig()
+    # Conversation characters per guard call; longer texts are judged in overlapping windows
+    # (guard_engine/windows.py). 8000 fits the shipped 4096-token launch for English text.
+    max_chars: int = Field(default=8000, ge=200)
 
 
 class EmbeddedGuardConfig(Strict):

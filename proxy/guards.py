@@ -11,6 +11,7 @@ from guard_engine.adapters.registry import get_adapter
 from guard_engine.backends.base import Backend
 from guard_engine.backends.embedded import EmbeddedBackend
 from guard_engine.backends.sglang import SGLangBackend
+from guard_engine.backends.windowed import WindowedBackend
 from guard_engine.breaker import CircuitBreaker
 from guard_engine.cache import VerdictCache
 from guard_engine.engine import GuardEngine
@@ -42,7 +43,7 @@ def build_backend(name: str, config: GuardConfig) -> Backend:
         return EmbeddedBackend(
             name=name, threads=config.threads, max_queue_wait_ms=config.max_queue_wait_ms
         )
-    return SGLangBackend(
+    model_guard = SGLangBackend(
         name=name,
         base_url=config.base_url,
         model=config.model,
@@ -53,6 +54,8 @@ def build_backend(name: str, config: GuardConfig) -> Backend:
         breaker=CircuitBreaker(config.breaker.failures, config.breaker.reset_s),
         transport=_guard_transport(config),
     )
+    # A model guard has a fixed context: longer texts are judged in windows, never a 503.
+    return WindowedBackend(model_guard, max_chars=config.max_chars)
 
 
 def build_backends(config: GatewayConfig) -> dict[str, Backend]:

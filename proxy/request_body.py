@@ -2,8 +2,12 @@
 
 The body stays the client's: unknown fields are never looked at, and the original bytes are
 what gets forwarded, unless the model name must be rewritten (model alias). Only `model`,
-`messages`, `stream` and `stream_options` are checked, each error naming the field in `param`
-the way OpenAI does.
+`messages` (each one an object with a role OpenAI knows), `stream` and `stream_options` are
+checked, each error naming the field in `param` the way OpenAI does.
+
+Roles are checked because moderation reads them: a message whose role is `"User"`, a number or
+missing would be judged as nobody's and forwarded unchecked, while the upstream may still read
+it as the user's. OpenAI itself refuses such a message, so the gateway does the same, first.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from typing import Any
 import orjson
 
 from proxy.errors import InvalidField, InvalidJSON, InvalidRequest
+
+# The roles of OpenAI's ChatCompletionRequestMessage (openapi.yaml), spelled exactly so.
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
 
 @dataclass(slots=True)
@@ -69,6 +76,8 @@ def parse_chat_body(raw: bytes) -> ChatBody:
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise _type_error(f"messages[{i}]", "an object")
+    for i, message in enumerate(messages):
+        _check_role(message, f"messages[{i}].role")
 
     stream = data.get("stream")
     if stream is None:
@@ -84,3 +93,22 @@ def parse_chat_body(raw: bytes) -> ChatBody:
         include_usage = options.get("include_usage") is True
 
     return ChatBody(raw, data, model, messages, stream, include_usage)
+
+
+def _check_role(message: dict[str, Any], param: str) -> None:
+    role = message.get("role")
+    if role is None:
+        raise InvalidField(
+            f"Missing required parameter: '{param}'.",
+            param=param,
+            code="missing_required_parameter",
+        )
+    if not isinstance(role, str):
+        raise _type_error(param, "a string")
+    if role not in ROLES:
+        allowed = ", ".join(f"'{r}'" for r in ROLES)
+        raise InvalidField(
+            f"Invalid value: {role!r} for '{param}'. Supported values are: {allowed}.",
+            param=param,
+            code="invalid_value",
+        )

@@ -16,6 +16,7 @@ StreamMode = Literal["holdback", "buffer", "monitor"]
 InputBlock = Literal["error", "refusal"]
 GuardErrorMode = Literal["closed", "open", "fallback"]
 Uncheckable = Literal["refuse", "flag"]
+ReasoningMode = Literal["check", "strip"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,8 @@ class OutputSettings:
     stream: StreamMode = "holdback"
     holdback_chars: int = 400
     first_window_chars: int = 1
+    # check: reasoning is judged as output; strip: removed from what the client receives.
+    reasoning: ReasoningMode = "check"
 
 
 @dataclass(frozen=True, slots=True)

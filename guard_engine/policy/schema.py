@@ -169,6 +169,9 @@ class OutputSpec(Strict):
     # The first check runs once this much text has arrived, so the first token waits for one
     # guard call instead of a whole window; later checks run every `holdback_chars`.
     first_window_chars: int = Field(default=1, ge=1)
+    # Reasoning text (reasoning_content, reasoning, reasoning_details) is output: `check` judges
+    # it with the answer, `strip` removes it from what the client receives. Never passed unseen.
+    reasoning: Literal["check", "strip"] = "check"
 
 
 class OnBlockSpec(Strict):

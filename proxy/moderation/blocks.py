@@ -14,6 +14,7 @@ import orjson
 
 from guard_engine.policy.compiled import CompiledPolicy
 from proxy.errors import ContentPolicyViolation
+from proxy.moderation.message_text import strip_reasoning
 from proxy.sse import DONE, encode_data
 
 
@@ -70,7 +71,8 @@ def refusal_stream(
 
 
 def redact_completion(body: dict[str, Any], refusal: str) -> bytes:
-    """The upstream's chat.completion with every choice's output replaced by the refusal.
+    """The upstream's chat.completion with every choice's output (reasoning, refusal and tool
+    calls included) replaced by the refusal.
 
     Everything else (id, model, usage, unknown fields) is kept: the client still learns what
     the call cost.
@@ -83,6 +85,9 @@ def redact_completion(body: dict[str, Any], refusal: str) -> bytes:
             message["content"] = refusal
             for key in ("tool_calls", "function_call", "audio"):
                 message.pop(key, None)
+            strip_reasoning(message)  # judged with the answer, so refused with it
+            if message.get("refusal"):
+                message["refusal"] = None
         choice["finish_reason"] = "content_filter"
         if "logprobs" in choice:
             choice["logprobs"] = None

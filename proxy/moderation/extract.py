@@ -1,9 +1,11 @@
 """Read what the guard must judge out of OpenAI chat bodies.
 
-Input side (DESIGN section 1): the last user message and its images by default;
-`scope: conversation` adds earlier turns as context; `include_tool_results` adds tool results
-that follow the last user message; system prompts only when the policy asks. Output side: the
-assistant text of every choice plus tool-call names and arguments (they are output too).
+Input side (DESIGN section 1): by default (`scope: last_user`) every user message of the
+current turn (all of them after the last assistant message, with their images);
+`scope: conversation` adds earlier turns as context; `include_tool_results` adds the tool
+results of the current turn; system prompts only when the policy asks. Output side:
+everything the model wrote in every choice: reasoning, content, refusal, tool-call names and
+arguments (all of it reaches the client, so all of it is output).
 
 Anything the guard cannot judge (audio, files, unknown part types, malformed parts) is
 collected as `uncheckable` with the request path of the part, so the policy can refuse or flag
@@ -17,6 +19,12 @@ from typing import Any
 
 from guard_engine.policy.compiled import InputSettings
 from guard_engine.types import Turn
+from proxy.moderation.message_text import (
+    audio_transcript,
+    content_text,
+    message_reasoning,
+    unreadable_content,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,39 +75,66 @@ def _message_parts(
     return "\n".join(texts)
 
 
-def extract_input(messages: list[dict[str, Any]], settings: InputSettings) -> InputContent:
-    out = InputContent()
+_TOOL_ROLES = ("tool", "function")  # `function` is the deprecated form of a tool result
+_SYSTEM_ROLES = ("system", "developer")
+
+
+def current_turn(messages: list[dict[str, Any]]) -> tuple[int, int] | None:
+    """(start, last user index) of the turn being asked, or None without a user message.
+
+    The turn starts after the last assistant message before the last user message: every user
+    message in it is what the user is asking now. Judging only the last one would let
+    `[{user: <harmful>}, {user: "thanks"}]` through on "thanks" alone.
+    """
     last_user = next(
         (i for i in range(len(messages) - 1, -1, -1) if messages[i].get("role") == "user"), None
     )
     if last_user is None:
+        return None
+    start = next(
+        (i + 1 for i in range(last_user - 1, -1, -1) if messages[i].get("role") == "assistant"),
+        0,
+    )
+    return start, last_user
+
+
+def extract_input(messages: list[dict[str, Any]], settings: InputSettings) -> InputContent:
+    out = InputContent()
+    turn = current_turn(messages)
+    if turn is None:
         return out
-    out.prompt = _message_parts(messages[last_user], last_user, out, with_images=True)
+    start, last_user = turn
+    # The prompt: every user message of the current turn and, when the policy says so, every
+    # tool result from the turn on, in message order (a tool result may follow the user's
+    # question or precede a follow-up of it).
+    judged: list[str] = []
+    in_prompt: set[int] = set()
+    for i in range(start, len(messages)):
+        role = messages[i].get("role")
+        is_user = role == "user" and i <= last_user
+        if not (is_user or (role in _TOOL_ROLES and settings.include_tool_results)):
+            continue
+        in_prompt.add(i)
+        text = _message_parts(messages[i], i, out, with_images=True)
+        if text:
+            judged.append(text)
+    out.prompt = "\n\n".join(judged)
     if settings.scope == "conversation" or settings.include_system:
         for i, message in enumerate(messages[:last_user]):
+            if i in in_prompt:
+                continue
             role = str(message.get("role"))
-            if role in ("system", "developer") and not settings.include_system:
+            if role in _SYSTEM_ROLES and not settings.include_system:
                 continue
-            if role not in ("system", "developer") and settings.scope != "conversation":
+            if role not in _SYSTEM_ROLES and settings.scope != "conversation":
                 continue
-            if role == "tool" and not settings.include_tool_results:
+            if role in _TOOL_ROLES and not settings.include_tool_results:
                 continue
             # Earlier images are context too: the guard sees them when the scope says so.
             text = _message_parts(message, i, out, with_images=settings.scope == "conversation")
             text = text or _tool_call_text(message)
             if text:
                 out.context.append(Turn(role=role, text=text))
-    if settings.include_tool_results:
-        tool_texts = [
-            _message_parts(m, last_user + 1 + k, out, with_images=True)
-            for k, m in enumerate(messages[last_user + 1 :])
-            if m.get("role") == "tool"
-        ]
-        tool_texts = [t for t in tool_texts if t]
-        if tool_texts:
-            out.prompt = (
-                "\n\n".join([out.prompt, *tool_texts]) if out.prompt else "\n\n".join(tool_texts)
-            )
     return out
 
 
@@ -116,7 +151,8 @@ def _tool_call_text(message: dict[str, Any]) -> str:
 
 
 def extract_output(response: dict[str, Any]) -> str:
-    """All assistant text of a chat.completion: every choice's content and tool calls."""
+    """All assistant text of a chat.completion: every choice's reasoning (in any of the fields
+    providers use), content (string or parts), refusal and tool calls."""
     texts: list[str] = []
     choices = response.get("choices")
     if not isinstance(choices, list):
@@ -125,17 +161,25 @@ def extract_output(response: dict[str, Any]) -> str:
         message = choice.get("message") if isinstance(choice, dict) else None
         if not isinstance(message, dict):
             continue
-        content = message.get("content")
-        if isinstance(content, str) and content:
-            texts.append(content)
-        elif isinstance(content, list):
-            texts.extend(
-                p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
-            )
-        calls = _tool_call_text(message)
-        if calls:
-            texts.append(calls)
+        texts.append(message_reasoning(message))
+        texts.append(content_text(message.get("content"), sep="\n\n"))
+        texts.append(content_text(message.get("refusal")))
+        texts.append(audio_transcript(message))
+        texts.append(_tool_call_text(message))
         legacy = message.get("function_call")
         if isinstance(legacy, dict):
             texts.append(f"{legacy.get('name', '')}({legacy.get('arguments', '')})")
-    return "\n\n".join(texts)
+    return "\n\n".join(t for t in texts if t)
+
+
+def uncheckable_output(response: dict[str, Any]) -> list[str]:
+    """Paths of assistant content the gateway cannot read as text (see unreadable_content)."""
+    choices = response.get("choices")
+    if not isinstance(choices, list):
+        return []
+    out: list[str] = []
+    for i, choice in enumerate(choices):
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict) and unreadable_content(message.get("content")):
+            out.append(f"choices[{i}].message.content")
+    return out

@@ -37,9 +37,10 @@ from proxy.moderation.blocks import (
     refusal_stream,
 )
 from proxy.moderation.decide import StageResult, skipped
-from proxy.moderation.extract import extract_output
+from proxy.moderation.extract import extract_output, uncheckable_output
 from proxy.moderation.headers import Decisions
 from proxy.moderation.inputs import prepare_input
+from proxy.moderation.message_text import strip_choices
 from proxy.moderation.shadow import BackgroundTasks, ShadowHook, ShadowRunner
 from proxy.moderation.spans import ModerationSpans
 from proxy.moderation.stream_decision import stream_result, unchecked_verdict
@@ -47,6 +48,7 @@ from proxy.observability.timing import Kind, RequestTiming
 from proxy.observability.tracing import SPAN_GUARD_HOLDBACK
 from proxy.streaming.holdback import moderate_stream
 from proxy.streaming.outcome import StreamOutcome
+from proxy.streaming.strip import strip_reasoning_stream
 from proxy.upstreams.reply import UpstreamReply
 
 if TYPE_CHECKING:
@@ -198,6 +200,8 @@ class ModerationPipeline:
     ) -> UpstreamReply:
         if reply.status >= 400 or not policy.output.enabled:
             decisions.output = skipped("output")
+            if reply.status < 400 and policy.output.reasoning == "strip":
+                _strip_unchecked(reply)
             return self._done(call, decisions, timing, reply)
         if reply.stream is None:
             return await self._check_body(call, policy, decisions, timing, prompt, reply)
@@ -215,6 +219,8 @@ class ModerationPipeline:
             check=check,
             refusal=policy.on_block.refusal,
             outcome=outcome,
+            strip_reasoning=policy.output.reasoning == "strip",
+            on_uncheckable=policy.input.on_uncheckable,
         )
         reply.stream = self._stream_finished(
             call, decisions, timing, outcome, moderated, upstream_stream
@@ -235,7 +241,22 @@ class ModerationPipeline:
         except orjson.JSONDecodeError:
             await reply.aclose()
             raise UpstreamError("The upstream answered with a body that is not JSON.") from None
-        text = extract_output(data) if isinstance(data, dict) else ""
+        if not isinstance(data, dict):
+            data = {}
+        elif policy.output.reasoning == "strip" and strip_choices(data, "message"):
+            # Removed before the check, so the client receives exactly what the guard judged.
+            reply.body = orjson.dumps(data)
+        unreadable = uncheckable_output(data)
+        if unreadable:
+            # Output parts nobody can read as text: the policy's refuse/flag rule decides.
+            if policy.input.on_uncheckable == "refuse":
+                decisions.output = StageResult(
+                    stage="output", status="degraded", degraded_reason="uncheckable_refused"
+                )
+                reply.body = redact_completion(data, policy.on_block.refusal)
+                return self._done(call, decisions, timing, reply)
+            decisions.unchecked = (*decisions.unchecked, *unreadable)  # x-guardline-unchecked
+        text = extract_output(data)
         if not text:
             decisions.output = skipped("output")
             return self._done(call, decisions, timing, reply)
@@ -244,6 +265,10 @@ class ModerationPipeline:
         self.shadows.run(call, policy, request, decisions.output)
         if decisions.output.flagged:
             reply.body = redact_completion(data, policy.on_block.refusal)
+        elif unreadable and decisions.output.status == "safe":
+            decisions.output = replace(
+                decisions.output, status="degraded", degraded_reason="uncheckable_flagged"
+            )
         return self._done(call, decisions, timing, reply)
 
     def _done(
@@ -321,6 +346,19 @@ class ModerationPipeline:
     ) -> None:
         if self._on_finished is not None:
             self._on_finished(call, decisions, timing, outcome)
+
+
+def _strip_unchecked(reply: UpstreamReply) -> None:
+    """Removes reasoning from an answer no output check reads (`output.enabled: false`)."""
+    if reply.stream is not None:
+        reply.stream = strip_reasoning_stream(reply.stream)
+        return
+    try:
+        data = orjson.loads(reply.body)
+    except orjson.JSONDecodeError:
+        return  # not a chat completion: nothing of it is reasoning we could find
+    if isinstance(data, dict) and strip_choices(data, "message"):
+        reply.body = orjson.dumps(data)
 
 
 async def _iterate(events: list[bytes]) -> AsyncIterator[bytes]:

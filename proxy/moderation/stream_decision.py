@@ -42,6 +42,17 @@ def _result(outcome: StreamOutcome) -> StageResult:
         return StageResult(
             stage="output", status="unsafe", verdict=flagged, guard_ms=outcome.guard_ms
         )
+    if outcome.uncheckable:
+        # An event nobody could parse: refused (the stream was ended) or released unchecked.
+        # Either way no guard saw all of the output, so it is never reported as safe.
+        reason = "uncheckable_refused" if outcome.refused_uncheckable else "uncheckable_flagged"
+        return StageResult(
+            stage="output",
+            status="degraded",
+            verdict=last,
+            degraded_reason=reason,
+            guard_ms=outcome.guard_ms,
+        )
     if outcome.error is not None:
         return StageResult(stage="output", status="degraded", degraded_reason=outcome.error.reason)
     if last is None:

@@ -3,9 +3,10 @@
 `ResponseText` accumulates what a streamed answer has said so far, per choice, and renders it the
 way the non-streaming output check does (`proxy.moderation.extract.extract_output`): per choice
 the content, then each tool call as `name(arguments)`, parts and choices separated by a blank
-line. Everything a client can display counts as text: `content`, `refusal`, `reasoning_content`
-(reasoning models stream it to the client too), tool-call names and arguments, and the legacy
-`function_call`.
+line. Everything a client can display counts as text: `content` (a string or an array of
+parts), `refusal`, reasoning under any of its names (`reasoning_content`, `reasoning`,
+`reasoning_details`, see `proxy.moderation.message_text`), an audio answer's transcript,
+tool-call names and arguments, and the legacy `function_call`.
 """
 
 from __future__ import annotations
@@ -15,22 +16,40 @@ from typing import Any
 import orjson
 
 from proxy.errors import GatewayError, GuardUnavailableError, UpstreamError
-from proxy.sse import DONE, encode_data
+from proxy.moderation.message_text import (
+    audio_transcript,
+    content_text,
+    message_reasoning,
+    strip_choices,
+    unreadable_content,
+)
+from proxy.sse import DONE, SSEEvent, encode_data
+
+
+def parse_chunk(data: bytes) -> dict[str, Any] | None:
+    """One event's JSON payload as an object, or None when it is not one (malformed)."""
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return chunk if isinstance(chunk, dict) else None
 
 
 class _Choice:
-    __slots__ = ("content", "finished", "function", "reasoning", "refusal", "tools")
+    __slots__ = ("audio", "content", "finished", "function", "reasoning", "refusal", "tools")
 
     def __init__(self) -> None:
         self.reasoning: list[str] = []
         self.content: list[str] = []
         self.refusal: list[str] = []
+        self.audio: list[str] = []  # transcript of an audio answer
         self.tools: dict[int, list[list[str]]] = {}  # tool index -> [name parts, argument parts]
         self.function: list[list[str]] | None = None  # legacy function_call
         self.finished = False
 
     def render(self) -> list[str]:
-        parts = ["".join(p) for p in (self.reasoning, self.content, self.refusal) if p]
+        texts = (self.reasoning, self.content, self.refusal, self.audio)
+        parts = ["".join(p) for p in texts if p]
         calls = [_call(self.tools[i]) for i in sorted(self.tools)]
         if calls:
             parts.append("\n".join(calls))
@@ -59,7 +78,17 @@ def _add_call(call: list[list[str]], spec: object) -> int:
 class ResponseText:
     """The text of a streamed chat completion so far, plus the ids needed to write chunks."""
 
-    __slots__ = ("_choices", "created", "error", "finished", "id", "model", "total", "usage")
+    __slots__ = (
+        "_choices",
+        "created",
+        "error",
+        "finished",
+        "id",
+        "model",
+        "total",
+        "unreadable",
+        "usage",
+    )
 
     def __init__(self) -> None:
         self._choices: dict[int, _Choice] = {}
@@ -71,15 +100,15 @@ class ResponseText:
         self.error: str | None = None  # an upstream error envelope seen mid-stream: its message
         # Every choice seen so far has sent its finish_reason: the answer's text is complete.
         self.finished = False
+        self.unreadable = False  # the last chunk read had content parts that are not text
 
     def add(self, data: bytes) -> int:
         """Reads one event's JSON payload; returns the text characters it added, -1 if malformed."""
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return -1
-        if not isinstance(chunk, dict):
-            return -1
+        chunk = parse_chunk(data)
+        return -1 if chunk is None else self.add_chunk(chunk)
+
+    def add_chunk(self, chunk: dict[str, Any]) -> int:
+        """Reads one parsed chunk; returns the text characters it added."""
         if self.id is None:
             self.id = chunk.get("id")
             self.created = chunk.get("created")
@@ -116,9 +145,12 @@ class ResponseText:
         delta = item.get("delta")
         if not isinstance(delta, dict):
             return 0
-        added = _add(choice.content, delta.get("content"))
-        if "reasoning_content" in delta:
-            added += _add(choice.reasoning, delta["reasoning_content"])
+        content = delta.get("content")
+        if unreadable_content(content):
+            self.unreadable = True
+        added = _add(choice.content, content_text(content))
+        added += _add(choice.reasoning, message_reasoning(delta))
+        added += _add(choice.audio, audio_transcript(delta))
         if "refusal" in delta:
             added += _add(choice.refusal, delta["refusal"])
         calls = delta.get("tool_calls")
@@ -138,6 +170,24 @@ class ResponseText:
                 choice.function = [[], []]
             added += _add_call(choice.function, legacy)
         return added
+
+    def read(self, event: SSEEvent, *, strip_reasoning: bool = False) -> tuple[bytes, int, bool]:
+        """One data event: (the bytes to send for it, text characters it added, checkable).
+
+        Not checkable: data that is not a JSON object (nothing of it is read), or content
+        parts that are not text (their text parts are read, the rest cannot be). With
+        `strip_reasoning` the reasoning fields are removed from its deltas first (and the event
+        re-encoded): stripped text is neither sent nor counted."""
+        assert event.data is not None
+        chunk = parse_chunk(event.data)
+        if chunk is None:
+            return event.raw, 0, False
+        raw = event.raw
+        if strip_reasoning and strip_choices(chunk, "delta"):
+            raw = encode_data(orjson.dumps(chunk))
+        self.unreadable = False
+        added = self.add_chunk(chunk)
+        return raw, added, not self.unreadable
 
     @property
     def indices(self) -> list[int]:

@@ -19,8 +19,21 @@ n > 1: one check covers all choices (rendered as `ResponseText.render` does, cho
 a blank line), so the guard is called as often as for n = 1 and a flag in any choice ends the
 whole stream, which is one HTTP response.
 
-Malformed JSON in an event: it carries no text we can read, so it is treated like an event
-without text: passed through in order, i.e. only after every text before it has been checked.
+Reasoning (`reasoning_content`, `reasoning`, `reasoning_details` deltas) is text like content
+and held back the same way. With `strip_reasoning` (policy `output.reasoning: strip`) it is
+removed from each event instead (the event is re-encoded without it) and never checked or sent.
+
+An event the gateway cannot parse (its data is neither `[DONE]` nor a JSON object) may still
+carry text a lenient client would show, and no guard can read it, so it is uncheckable content
+under the policy's `on_uncheckable` rule (as unsupported input parts are); so is an event whose
+`delta.content` has parts that are not text (an image, audio, an unknown type):
+- `refuse` (default): the stream ends as a block at once: nothing more is released (held text
+  is dropped unreleased), one `content_filter` chunk with the refusal, `[DONE]`, the upstream
+  closed. A content_filter end rather than an error event, because the policy stopped the
+  answer on purpose and SDKs surface that without raising.
+- `flag`: the event is released unchanged in order (only after every text before it, and any
+  text it carries itself, has been checked) and counted in `outcome.uncheckable`; the output
+  decision becomes `degraded`.
 
 Ends: a flagged verdict releases nothing more and sends one `content_filter` chunk then
 `[DONE]`; a guard failure (the pipeline has already applied `on_guard_error`, so an exception
@@ -36,12 +49,14 @@ import asyncio
 import sys
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from time import perf_counter
 from typing import Literal
 
 import orjson
 
 from guard_engine.errors import GuardError
+from guard_engine.policy.compiled import Uncheckable
 from guard_engine.types import Verdict
 from proxy.sse import SSEEvent, SSEParser
 from proxy.streaming.chunks import (
@@ -70,18 +85,28 @@ def moderate_stream(
     refusal: str,
     outcome: StreamOutcome,
     first_window_chars: int | None = None,
+    strip_reasoning: bool = False,
+    on_uncheckable: Uncheckable = "refuse",
 ) -> AsyncGenerator[bytes, None]:
     """The bytes to send to the client for one streamed chat completion (see module doc).
 
     `first_window_chars` (hold-back only) makes the first check run as soon as that much text
     has arrived: the first token then waits for one guard call, not for a whole window.
+    `strip_reasoning` removes reasoning from every event; `on_uncheckable` says what happens
+    to an event the gateway cannot parse (monitor mode always releases and records it).
 
     A plain function returning the async generator, so a bad `mode` fails at the call.
     """
     if mode == "monitor":
         from proxy.streaming.monitor import monitor_stream
 
-        return monitor_stream(upstream, holdback_chars=holdback_chars, check=check, outcome=outcome)
+        return monitor_stream(
+            upstream,
+            holdback_chars=holdback_chars,
+            check=check,
+            outcome=outcome,
+            strip_reasoning=strip_reasoning,
+        )
     if mode == "holdback":
         window = max(1, holdback_chars)
         first = max(1, min(first_window_chars or window, window))
@@ -89,7 +114,16 @@ def moderate_stream(
         window = first = _NEVER
     else:
         raise ValueError(f"unknown output stream mode: {mode!r}")
-    return _gated(upstream, window, check, refusal, outcome, first)
+    rules = _Rules(strip_reasoning=strip_reasoning, refuse_uncheckable=on_uncheckable == "refuse")
+    return _gated(upstream, window, check, refusal, outcome, first, rules)
+
+
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """What the policy says about reasoning and unparseable events."""
+
+    strip_reasoning: bool
+    refuse_uncheckable: bool
 
 
 async def timed_check(check: StreamCheck, text: str, outcome: StreamOutcome) -> Verdict:
@@ -141,6 +175,7 @@ async def _gated(
     refusal: str,
     outcome: StreamOutcome,
     first_window: int,
+    rules: _Rules,
 ) -> AsyncGenerator[bytes, None]:
     parser = SSEParser()
     text = ResponseText()
@@ -227,12 +262,20 @@ async def _gated(
                     else:
                         held.append((0, 0, event.raw))
                     continue
-                chars = text.add(event.data)
+                raw, chars, checkable = text.read(event, strip_reasoning=rules.strip_reasoning)
+                if not checkable:  # nobody can check (all of) what it carries
+                    outcome.uncheckable += 1
+                    if rules.refuse_uncheckable:
+                        outcome.blocked = outcome.refused_uncheckable = True
+                        held.clear()
+                        await reader.aclose()
+                        yield refusal_chunk(text, refusal, after_text=outcome.released_chars > 0)
+                        return
                 if chars > 0:
                     seq += 1
-                    held.append((seq, chars, event.raw))
+                    held.append((seq, chars, raw))
                 else:
-                    held.append((0, 0, event.raw))
+                    held.append((0, 0, raw))
             out = release() if held and held[0][0] == 0 else b""
             if keepalive:
                 out += b"".join(keepalive)

@@ -3,6 +3,9 @@
 Every complete upstream event is released the moment it is parsed (the exact bytes). Checks run
 with the hold-back cadence (every `holdback_chars` of new text, then the whole answer once at
 the end), one at a time, in one background worker task, so a slow guard never delays the client.
+Reasoning is stripped from events when the policy says `output.reasoning: strip`; an event the
+gateway cannot parse is released like the rest (monitor never blocks) and counted in
+`outcome.uncheckable`, so the record shows output nobody checked.
 
 When the stream ends, the worker is left to finish the final check on its own and is exposed
 as `outcome.background`: the caller awaits `outcome.settled()` (e.g. in a Starlette
@@ -81,6 +84,7 @@ async def monitor_stream(
     holdback_chars: int,
     check: StreamCheck,
     outcome: StreamOutcome,
+    strip_reasoning: bool = False,
 ) -> AsyncGenerator[bytes, None]:
     parser = SSEParser()
     text = ResponseText()
@@ -99,15 +103,17 @@ async def monitor_stream(
                 events = parser.feed(chunk)
             parts: list[bytes] = []
             for event in events:
-                parts.append(event.raw)
-                if event.data is None:
+                if event.data is None or event.is_done:
+                    parts.append(event.raw)
+                    if event.is_done:
+                        outcome.completed = True
+                        break
                     continue
-                if event.is_done:
-                    outcome.completed = True
-                    break
-                chars = text.add(event.data)
-                if chars > 0:
-                    outcome.released_chars += chars
+                raw, chars, checkable = text.read(event, strip_reasoning=strip_reasoning)
+                parts.append(raw)
+                if not checkable:  # released unchecked (monitor never holds); recorded
+                    outcome.uncheckable += 1
+                outcome.released_chars += chars
             checks.poke()
             if chunk is None:
                 await reader.aclose()

@@ -25,6 +25,10 @@ class StreamOutcome:
     model: str | None = None
     completed: bool = False  # the upstream sent [DONE]
     upstream_error: str | None = None  # why the upstream stream ended without [DONE]
+    # Events the gateway could not parse (data that is not a JSON object): nobody checked them.
+    uncheckable: int = 0
+    # ...and the stream was ended because of one (on_uncheckable: refuse), not released.
+    refused_uncheckable: bool = False
     background: asyncio.Task[None] | None = None  # monitor mode: checks still running
 
     @property

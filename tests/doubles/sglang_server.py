@@ -36,6 +36,9 @@ Behaviour knobs (keyword arguments of `start_sglang_double`, changeable later wi
 - `non_json`: answer 200 with a body that is not JSON.
 - `healthy`: `/health` answers 200 (default) or 503.
 - `model`: the model id reported (default "nvidia/Nemotron-3.5-Content-Safety").
+- `context_tokens`: the model's context length. Like SGLang, a request whose prompt is longer
+  answers 400 "The input (N tokens) is longer than the model's context length (M tokens)."
+  Tokens are estimated as the request body's bytes / 4 (the same estimate as `usage`).
 - `guard_format`: "nemotron-3.5" (default) or "llama-guard-3": answer like Llama Guard 3 on
   vLLM instead (judge the last message, `safe` / `unsafe\nS1,S2`; `unsafe_words` values are
   the S-codes; a trailing assistant turn is accepted, as vLLM does).
@@ -87,6 +90,7 @@ class Behaviour:
     healthy: bool = True
     model: str = DEFAULT_MODEL
     guard_format: str = "nemotron-3.5"
+    context_tokens: int | None = None
 
 
 def _behaviour(base: Behaviour, knobs: Mapping[str, Any]) -> Behaviour:
@@ -232,6 +236,13 @@ class SGLangDouble:
         if status is not None and status != 200:
             extra = {"retry-after": f"{b.retry_after:g}"} if b.retry_after is not None else None
             return _error(status, f"double told to answer {status}", extra)
+        tokens = max(1, len(raw) // 4)
+        if b.context_tokens is not None and tokens > b.context_tokens:
+            return _error(
+                400,
+                f"The input ({tokens} tokens) is longer than the model's context length "
+                f"({b.context_tokens} tokens).",
+            )
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return _error(400, "messages must be a non-empty list")

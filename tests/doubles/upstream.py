@@ -12,6 +12,15 @@ records what it received and which clients went away. Request headers steer it:
     x-double-die-after: 2         stream: break the connection after this many chunks
     x-double-echo: 1              add the received body and headers to the answer (`echo`)
     x-double-id: abc              name this request in `disconnects` / `wait_disconnect`
+    x-double-reasoning: text      the answer carries this reasoning first (streamed word by word)
+    x-double-reasoning-field: f   ...under `reasoning_content` (default, as vLLM and DeepSeek),
+                                  `reasoning` (string) or `reasoning_details` (OpenRouter's
+                                  array of typed objects)
+    x-double-content-parts: 1     content as an array of text parts (also in stream deltas);
+                                  `image`: and one image part after the text (as providers that
+                                  generate images through chat completions send)
+    x-double-malformed-after: 2   stream: after this many content chunks, one event whose data
+                                  is cut-off JSON (carrying text), as a broken provider sends
     x-double-reply: Sure%2C%20... answer with this text (percent-encoded UTF-8); a stream sends
                                   it word by word
 
@@ -150,7 +159,7 @@ class UpstreamDouble:
                 ],
             }
         )
-        events = _stream_events(body, chunks, tools, echo, _reply(headers))
+        events = _stream_events(body, chunks, tools, echo, headers)
         for i, event in enumerate(events):
             if i == die_after:
                 raise DoubleDied("the double breaks the stream on request")
@@ -227,8 +236,13 @@ def _completion(
         ]
         finish = "tool_calls"
     else:
-        message["content"] = _reply(headers) or f"double says: {_last_user_text(body)}"
+        text = _reply(headers) or f"double says: {_last_user_text(body)}"
+        message["content"] = _content(headers, text)
         finish = "stop"
+    reasoning = headers.get("x-double-reasoning")
+    if reasoning:
+        field = headers.get("x-double-reasoning-field", "reasoning_content")
+        message[field] = _reasoning(field, reasoning)
     out: dict[str, Any] = {
         "id": "chatcmpl-double",
         "object": "chat.completion",
@@ -248,12 +262,32 @@ def _reply(headers: dict[str, str]) -> str | None:
     return urllib.parse.unquote(raw) if raw else None
 
 
+def _content(headers: dict[str, str], text: str) -> Any:
+    """Content as a string, or as an array of text parts when the test asks for that form."""
+    form = headers.get("x-double-content-parts")
+    if form == "image":
+        return [{"type": "text", "text": text}, _IMAGE_PART]
+    if form:
+        return [{"type": "text", "text": text}]
+    return text
+
+
+_IMAGE_PART = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+
+
+def _reasoning(field: str, text: str) -> Any:
+    """A reasoning value in the shape of the field that carries it."""
+    if field == "reasoning_details":
+        return [{"type": "reasoning.text", "text": text, "format": "unknown", "index": 0}]
+    return text
+
+
 def _stream_events(
     body: dict[str, Any],
     chunks: int,
     tools: bool,
     echo: dict[str, Any] | None,
-    reply: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> list[bytes]:
     base = {
         "id": "chatcmpl-double",
@@ -269,8 +303,15 @@ def _stream_events(
         choice = {"index": 0, "delta": delta, "finish_reason": finish}
         return b"data: " + orjson.dumps({**base, "choices": [choice], **(extra or {})}) + b"\n\n"
 
+    headers = headers or {}
     first_extra = {"echo": echo} if echo is not None else None
     events = [chunk({"role": "assistant", "content": ""}, None, first_extra)]
+    reasoning = headers.get("x-double-reasoning")
+    if reasoning:
+        field = headers.get("x-double-reasoning-field", "reasoning_content")
+        for word in reasoning.split(" "):
+            events.append(chunk({field: _reasoning(field, word + " ")}))
+    malformed_after = int(headers.get("x-double-malformed-after", "-1"))
     if tools:
         call = {"index": 0, "id": _TOOL_ID, "type": "function"}
         events.append(
@@ -281,14 +322,19 @@ def _stream_events(
             part = _TOOL_ARGS[i : i + step]
             events.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}))
         events.append(chunk({}, "tool_calls"))
-    elif reply is not None:
-        words = reply.split(" ")
+    elif headers and _reply(headers) is not None:
+        words = (_reply(headers) or "").split(" ")
         events.extend(
             chunk({"content": w if i == len(words) - 1 else w + " "}) for i, w in enumerate(words)
         )
         events.append(chunk({}, "stop"))
     else:
-        events.extend(chunk({"content": f"word{i} "}) for i in range(chunks))
+        for i in range(chunks):
+            if i == malformed_after:
+                # A provider bug: the JSON is cut off, but a client's lenient parser could
+                # still show the text in it.
+                events.append(b'data: {"choices":[{"index":0,"delta":{"content":"pipe bomb\n\n')
+            events.append(chunk({"content": _content(headers, f"word{i} ")}))
         events.append(chunk({}, "stop"))
     if (body.get("stream_options") or {}).get("include_usage"):
         usage = {**base, "choices": [], "usage": _USAGE}

@@ -39,7 +39,14 @@ def guard_server() -> Iterator[tuple[str, SGLangDouble]]:
 @pytest.fixture
 def guard(guard_server: tuple[str, SGLangDouble]) -> SGLangDouble:
     rec = guard_server[1]
-    rec.configure(unsafe_words=UNSAFE_WORDS, status=None, delay_ms=0, garbage=None, fail_first=[])
+    rec.configure(
+        unsafe_words=UNSAFE_WORDS,
+        status=None,
+        delay_ms=0,
+        garbage=None,
+        fail_first=[],
+        context_tokens=None,
+    )
     rec.clear()
     return rec
 
@@ -68,6 +75,7 @@ class Gateway:
         *,
         tenants: dict[str, Any] | None = None,
         timeout_ms: int = 2000,
+        guard_options: dict[str, Any] | None = None,
         **policy_fields: Any,
     ) -> str:
         if routes is None:
@@ -81,6 +89,7 @@ class Gateway:
                     "base_url": self.guard_url,
                     "timeout_ms": timeout_ms,
                     "breaker": {"failures": 3, "reset_s": 0.5},
+                    **(guard_options or {}),
                 },
                 "local": {"type": "embedded"},
             },

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 
+import httpx
 import openai
 import pytest
 from PIL import Image
@@ -180,3 +181,54 @@ def test_conversation_scope_sends_earlier_turns(gateway: Gateway, guard: SGLangD
         gateway.client().chat.completions.create(model="m", messages=history)
     assert "kill switches" in guard_texts(guard)[0]
     assert "You are helpful." not in guard_texts(guard)[0]
+
+
+def test_every_user_message_of_the_turn_is_judged(
+    gateway: Gateway, guard: SGLangDouble, double: UpstreamDouble
+) -> None:
+    # Consecutive user turns: a harmful request followed by "thanks" is judged on both.
+    history = [
+        {"role": "user", "content": "Tell me about rivers"},
+        {"role": "assistant", "content": "Rivers flow."},
+        {"role": "user", "content": "How do I build a bomb?"},
+        {"role": "user", "content": "thanks"},
+    ]
+    gateway.start()
+    before = len(double.received)
+    with pytest.raises(openai.BadRequestError) as caught:
+        gateway.client().chat.completions.create(model="m", messages=history)
+    assert caught.value.code == "content_policy_violation"
+    assert len(double.received) == before
+    # The earlier, answered turn is not part of it (last_user scope).
+    assert guard_texts(guard)[0] == "How do I build a bomb?\n\nthanks"
+
+
+@pytest.mark.parametrize(
+    ("messages", "param", "code"),
+    [
+        ([{"role": "User", "content": "build a bomb"}], "messages[0].role", "invalid_value"),
+        ([USER[0], {"role": 7, "content": "bomb"}], "messages[1].role", "invalid_type"),
+        ([USER[0], {"content": "bomb"}], "messages[1].role", "missing_required_parameter"),
+    ],
+)
+def test_unknown_or_malformed_roles_are_a_400_naming_the_field(
+    gateway: Gateway,
+    guard: SGLangDouble,
+    double: UpstreamDouble,
+    messages: list[dict[str, object]],
+    param: str,
+    code: str,
+) -> None:
+    gateway.start()
+    before = len(double.received)
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={"model": "m", "messages": messages},
+        headers={"authorization": "Bearer sk-test"},
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param and error["code"] == code
+    assert response.headers.get("x-guardline-input") != "skipped"
+    assert len(double.received) == before and guard.requests == []

@@ -13,12 +13,13 @@ import asyncio
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from guard_engine.errors import GuardError
 from guard_engine.types import Verdict
+from proxy.moderation.message_text import content_text, message_reasoning
 from proxy.sse import DONE, SSEParser, encode_data
 from proxy.streaming import StreamMode, StreamOutcome, moderate_stream
 
@@ -119,12 +120,18 @@ def chunk(
     role: str | None = None,
     tool: tuple[int, str | None, str] | None = None,
     finish: str | None = None,
+    reasoning: tuple[str, Any] | None = None,
+    parts: bool = False,
 ) -> bytes:
+    """One chat.completion.chunk event. `reasoning` is (field, value), e.g.
+    ("reasoning_content", "hm"); `parts` sends content as an array of text parts."""
     delta: dict[str, Any] = {}
     if role is not None:
         delta["role"] = role
     if content is not None:
-        delta["content"] = content
+        delta["content"] = [{"type": "text", "text": content}] if parts else content
+    if reasoning is not None:
+        delta[reasoning[0]] = reasoning[1]
     if tool is not None:
         slot, name, args = tool
         call: dict[str, Any] = {"index": slot, "function": {"arguments": args}}
@@ -180,6 +187,7 @@ class Client:
     args: dict[int, str] = field(default_factory=dict)
     payloads: list[Any] = field(default_factory=list)
     refusal: dict[int, str] = field(default_factory=dict)  # the gateway's content_filter chunk
+    reasoning: dict[int, str] = field(default_factory=dict)  # every reasoning field, joined
     done: bool = False
 
     def receive(self, data: bytes) -> None:
@@ -204,7 +212,10 @@ class Client:
                 if choice.get("finish_reason") == "content_filter":
                     self.refusal[i] = delta.get("content") or ""
                     continue
-                self.content[i] = self.content.get(i, "") + (delta.get("content") or "")
+                self.content[i] = self.content.get(i, "") + content_text(delta.get("content"))
+                shown = message_reasoning(delta)
+                if shown:
+                    self.reasoning[i] = self.reasoning.get(i, "") + shown
                 for call in delta.get("tool_calls") or []:
                     fn = call["function"]
                     self.args[i] = self.args.get(i, "") + fn.get("name", "") + fn["arguments"]
@@ -220,6 +231,8 @@ async def run(
     upstream: Upstream | None = None,
     on_yield: Any = None,
     first_window: int | None = None,
+    strip_reasoning: bool = False,
+    on_uncheckable: Literal["refuse", "flag"] = "refuse",
 ) -> tuple[Client, StreamOutcome, Upstream]:
     up = upstream or Upstream(chunks)
     outcome = StreamOutcome()
@@ -232,6 +245,8 @@ async def run(
         refusal="Sorry, I can't help with that.",
         outcome=outcome,
         first_window_chars=first_window,
+        strip_reasoning=strip_reasoning,
+        on_uncheckable=on_uncheckable,
     )
     async for data in stream:
         client.receive(data)
@@ -244,7 +259,7 @@ async def run(
 def assert_covered(client: Client, check: RecordingCheck) -> None:
     """THE INVARIANT: everything received is inside a text the guard passed."""
     received = Client(raw=client.raw).parse()
-    for text in received.content.values():
+    for text in [*received.content.values(), *received.reasoning.values()]:
         if text:
             assert any(text in ok for ok in check.passed), text
     for text in received.args.values():

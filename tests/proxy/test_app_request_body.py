@@ -52,6 +52,10 @@ def test_body_must_be_an_object(raw: bytes) -> None:
     assert info.value.status == 400
 
 
+_MISSING = "missing_required_parameter"
+USER = {"role": "user", "content": "hi"}
+
+
 @pytest.mark.parametrize(
     ("payload", "param", "code"),
     [
@@ -62,6 +66,12 @@ def test_body_must_be_an_object(raw: bytes) -> None:
         ({"model": "m", "messages": {}}, "messages", "invalid_type"),
         ({"model": "m", "messages": [{}, 3]}, "messages[1]", "invalid_type"),
         ({"model": "m", "messages": [], "stream": 1}, "stream", "invalid_type"),
+        # Moderation reads roles: an unknown one is refused, never judged as nobody's.
+        ({"model": "m", "messages": [{"content": "hi"}]}, "messages[0].role", _MISSING),
+        ({"model": "m", "messages": [{"role": None}]}, "messages[0].role", _MISSING),
+        ({"model": "m", "messages": [USER, {"role": "User"}]}, "messages[1].role", "invalid_value"),
+        ({"model": "m", "messages": [{"role": 1}]}, "messages[0].role", "invalid_type"),
+        ({"model": "m", "messages": [{"role": "human"}]}, "messages[0].role", "invalid_value"),
         ({"model": "m", "messages": [], "stream_options": []}, "stream_options", "invalid_type"),
     ],
 )
@@ -71,3 +81,9 @@ def test_wrong_fields_name_the_param(payload: dict[str, object], param: str, cod
     assert info.value.param == param
     assert info.value.code == code
     assert info.value.envelope()["error"]["param"] == param
+
+
+@pytest.mark.parametrize("role", ["system", "developer", "user", "assistant", "tool", "function"])
+def test_every_openai_role_is_accepted(role: str) -> None:
+    body = parse_chat_body(orjson.dumps({"model": "m", "messages": [{"role": role}]}))
+    assert body.messages[0]["role"] == role

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import random
 
+import orjson
 import pytest
 
-from proxy.sse import DONE
+from proxy.sse import DONE, encode_data
 from proxy.streaming import StreamMode, StreamOutcome, moderate_stream
 from tests.proxy.streaming_helpers import (
     TRIGGER,
@@ -179,7 +180,7 @@ async def test_keep_alive_comments_and_crlf_framing_preserved() -> None:
     assert outcome.completed
 
 
-async def test_malformed_json_waits_for_the_text_before_it() -> None:
+async def test_flagged_malformed_json_waits_for_the_text_before_it_and_is_recorded() -> None:
     bad = b"data: {not json\n\n"
     chunks = [chunk("hello "), bad, chunk("world"), chunk(finish="stop"), DONE]
     order: list[tuple[bytes, list[str]]] = []
@@ -188,12 +189,79 @@ async def test_malformed_json_waits_for_the_text_before_it() -> None:
     def on_yield(client: Client, check: RecordingCheck) -> None:
         order.append((client.raw, list(check.passed)))
 
-    client, outcome, _ = await run(chunks, check, holdback=1000, on_yield=on_yield)
+    client, outcome, _ = await run(
+        chunks, check, holdback=1000, on_yield=on_yield, on_uncheckable="flag"
+    )
     assert client.raw == b"".join(chunks)
     for raw, passed in order:
         if bad in raw:
             assert passed  # released only after the text before it was checked
-    assert outcome.completed
+    assert outcome.completed and outcome.uncheckable == 1 and not outcome.blocked
+
+
+@pytest.mark.parametrize("mode", ["holdback", "buffer"])
+async def test_refused_malformed_json_ends_the_stream_like_a_block(mode: StreamMode) -> None:
+    # Cut-off JSON that a lenient client might still show: nobody can check it.
+    bad = b'data: {"choices":[{"index":0,"delta":{"content":"' + TRIGGER.encode() + b"\n\n"
+    chunks = [chunk(role="assistant", content=""), chunk("hello "), bad, chunk("world"), DONE]
+    check = RecordingCheck()
+    client, outcome, up = await run(chunks, check, mode=mode, holdback=1)
+    assert bad not in client.raw and TRIGGER not in client.raw.decode()
+    assert "world" not in client.raw.decode()  # nothing after it either
+    assert outcome.blocked and outcome.refused_uncheckable and outcome.uncheckable == 1
+    assert client.payloads[-1]["choices"][0]["finish_reason"] == "content_filter"
+    assert client.done and up.closed
+    assert_covered(client, check)
+
+
+async def test_reasoning_deltas_are_held_and_checked_like_content() -> None:
+    chunks = [
+        chunk(role="assistant", content=""),
+        chunk(reasoning=("reasoning_content", "Let me think. ")),
+        chunk(reasoning=("reasoning", f"It is {TRIGGER}. ")),
+        chunk("Answer."),
+        chunk(finish="stop"),
+        DONE,
+    ]
+    check = RecordingCheck()
+    client, outcome, _ = await run(chunks, check, holdback=1)
+    assert outcome.blocked
+    assert TRIGGER not in client.raw.decode()
+    assert client.reasoning.get(0, "") in ("", "Let me think. ")
+    assert_covered(client, check)
+
+
+async def test_reasoning_objects_and_content_parts_are_text() -> None:
+    details = [{"type": "reasoning.text", "text": "thinking ", "signature": "c2ln"}]
+    chunks = [
+        chunk(reasoning=("reasoning_details", details)),
+        chunk("hello ", parts=True),
+        chunk(f"and {TRIGGER}", parts=True),
+        chunk(finish="stop"),
+        DONE,
+    ]
+    check = RecordingCheck()
+    client, outcome, _ = await run(chunks, check, holdback=1000)
+    assert check.seen == [f"thinking \n\nhello and {TRIGGER}"]  # no signature: not text
+    assert outcome.blocked and TRIGGER not in client.raw.decode()
+
+
+async def test_stripped_reasoning_is_neither_sent_nor_checked() -> None:
+    chunks = [
+        chunk(role="assistant", content=""),
+        chunk(reasoning=("reasoning_content", f"secret {TRIGGER} plan ")),
+        chunk(reasoning=("reasoning", {"text": "more thoughts"})),
+        chunk("Fine answer."),
+        chunk(finish="stop"),
+        DONE,
+    ]
+    check = RecordingCheck()
+    client, outcome, _ = await run(chunks, check, holdback=1, strip_reasoning=True)
+    assert not outcome.blocked and outcome.completed
+    assert check.seen[-1] == "Fine answer."
+    assert client.reasoning == {} and b"reasoning" not in client.raw
+    assert client.content[0] == "Fine answer."
+    assert outcome.released_chars == len("Fine answer.")
 
 
 # ---------------------------------------------------------------- the invariant
@@ -211,6 +279,9 @@ def random_answer(rng: random.Random) -> tuple[list[bytes], bool]:
         word = TRIGGER + " " if step == trigger_at else rng.choice(vocab)
         if rng.random() < 0.15:
             events.append(chunk(tool=(0, "fn" if step == 0 else None, word), index=index))
+        elif rng.random() < 0.15:  # reasoning is held back exactly like content
+            field = rng.choice(["reasoning_content", "reasoning"])
+            events.append(chunk(reasoning=(field, word), index=index))
         elif rng.random() < 0.1 and step != trigger_at:
             events.append(chunk(content="", index=index))  # empty delta
         else:
@@ -286,3 +357,32 @@ async def test_keep_alive_goes_out_while_text_is_held() -> None:
     assert not check.passed
     gate.set()
     assert await drain(stream) == chunk("held text") + chunk(finish="stop") + DONE
+
+
+async def test_content_parts_that_are_not_text_are_uncheckable() -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    content = [{"type": "text", "text": "look "}, image]
+    parts = encode_data(orjson.dumps({"choices": [{"index": 0, "delta": {"content": content}}]}))
+    chunks = [chunk("hello "), parts, chunk(finish="stop"), DONE]
+    client, outcome, _ = await run(chunks, RecordingCheck(), holdback=1)
+    assert outcome.refused_uncheckable and b"image_url" not in client.raw
+    order: list[tuple[bytes, list[str]]] = []
+
+    def on_yield(client: Client, check: RecordingCheck) -> None:
+        order.append((client.raw, list(check.passed)))
+
+    check = RecordingCheck()
+    client, outcome, _ = await run(
+        chunks, check, holdback=1000, on_uncheckable="flag", on_yield=on_yield
+    )
+    assert b"image_url" in client.raw and outcome.uncheckable == 1 and outcome.completed
+    for raw, passed in order:  # its text part went out only after a check covering it
+        if b"image_url" in raw:
+            assert any("hello look " in text for text in passed)
+
+
+async def test_audio_transcript_is_text() -> None:
+    audio = {"id": "a", "transcript": f"say {TRIGGER}", "data": "AAAA"}
+    events = [encode_data(orjson.dumps({"choices": [{"index": 0, "delta": {"audio": audio}}]}))]
+    client, outcome, _ = await run([*events, chunk(finish="stop"), DONE], RecordingCheck())
+    assert outcome.blocked and TRIGGER not in client.raw.decode()
