@@ -24,7 +24,8 @@ from starlette.routing import BaseRoute, Route
 
 from guard_engine.engine import GuardEngine
 from proxy.auth import Authenticator
-from proxy.config_schema import GatewayConfig, LiteLLMUpstreamConfig
+from proxy.client_headers import HeaderAllowList
+from proxy.config_schema import GatewayConfig, LiteLLMUpstreamConfig, OpenAIUpstreamConfig
 from proxy.errors import GatewayError, MethodNotAllowed, NotFound
 from proxy.handlers.chat import chat_completions
 from proxy.handlers.health import healthz, readyz
@@ -77,6 +78,16 @@ def _config_probe(config: GatewayConfig) -> ReadinessProbe:
     return config_loaded
 
 
+def header_allow_lists(config: GatewayConfig) -> dict[str, HeaderAllowList]:
+    """Allow-lists for the routes whose upstream is called with the operator's key."""
+    out: dict[str, HeaderAllowList] = {}
+    for route in config.routes:
+        upstream = config.upstreams[route.upstream]
+        if isinstance(upstream, OpenAIUpstreamConfig) and upstream.api_key:
+            out[route.name] = HeaderAllowList(route.forward_headers)
+    return out
+
+
 def build_state(
     config: GatewayConfig,
     *,
@@ -88,6 +99,7 @@ def build_state(
         authenticator=authenticator,
         router=Router(config.routes, config.upstreams),
         upstreams=build_upstreams(config, byok=authenticator.open, transports=transports),
+        header_allow_lists=header_allow_lists(config),
         readiness=[_config_probe(config)],
         started_at=int(time.time()),
     )

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from proxy.client_headers import check_forward_header
 
 
 class Strict(BaseModel):
@@ -94,6 +96,14 @@ class RouteConfig(Strict):
     models: list[str] | None = None  # None: any model; entries may end in `*`
     upstream: str
     policy: str  # path, relative to the config file
+    # Client headers forwarded to an upstream called with the operator's api_key beyond the
+    # default allow-list (proxy.client_headers); entries ending in `*` are prefixes.
+    forward_headers: list[str] = Field(default_factory=list)
+
+    @field_validator("forward_headers")
+    @classmethod
+    def _header_names(cls, value: list[str]) -> list[str]:
+        return [check_forward_header(entry) for entry in value]
 
 
 class TracingConfig(Strict):

@@ -39,6 +39,12 @@ ChatService = Callable[["GatewayState", ChatCall], Awaitable[UpstreamReply]]
 
 
 async def forward_chat(state: GatewayState, call: ChatCall) -> UpstreamReply:
-    """Send the call to its route's upstream, unchanged. Raises GatewayError subclasses."""
+    """Send the call to its route's upstream. Raises GatewayError subclasses.
+
+    The body goes unchanged; the client's headers are cut to the route's allow-list when the
+    upstream is called with the operator's key.
+    """
     upstream = state.upstreams[call.route.upstream]
-    return await upstream.chat(call.body, call.headers)
+    allow = state.header_allow_lists.get(call.route.name)
+    headers = call.headers if allow is None else allow.filter(call.headers)
+    return await upstream.chat(call.body, headers)
