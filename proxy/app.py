@@ -34,6 +34,7 @@ from proxy.handlers.moderations import create_moderation
 from proxy.middleware import GatewayMiddleware
 from proxy.routing import Router
 from proxy.state import GatewayState, ReadinessProbe
+from proxy.upstream_errors import SecretRedactor, configured_secrets
 from proxy.upstreams.openai_upstream import OpenAIUpstream
 from proxy.upstreams.reply import ChatUpstream
 
@@ -100,6 +101,7 @@ def build_state(
         router=Router(config.routes, config.upstreams),
         upstreams=build_upstreams(config, byok=authenticator.open, transports=transports),
         header_allow_lists=header_allow_lists(config),
+        redactor=SecretRedactor(configured_secrets(config)),
         readiness=[_config_probe(config)],
         started_at=int(time.time()),
     )

@@ -24,6 +24,9 @@ class ServerConfig(Strict):
     max_body_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     # Seconds in-flight requests get to finish on SIGTERM.
     graceful_shutdown_s: float = Field(default=30.0, ge=0)
+    # Empty: /metrics and /readyz's details are open (bind to 127.0.0.1). Set: they need
+    # `Authorization: Bearer <admin_key>`; plain /readyz keeps its status code for probes.
+    admin_key: str = ""
 
 
 class TenantConfig(Strict):

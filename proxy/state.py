@@ -20,6 +20,7 @@ from proxy.client_headers import HeaderAllowList
 from proxy.config_schema import GatewayConfig
 from proxy.forward import ChatService, forward_chat
 from proxy.routing import Router
+from proxy.upstream_errors import SecretRedactor
 from proxy.upstreams.reply import ChatUpstream
 
 log = logging.getLogger("guardline.state")
@@ -38,6 +39,8 @@ class GatewayState:
     # Route name -> the client headers its upstream may receive; only routes whose upstream
     # is called with the operator's key are listed (the others forward the client's headers).
     header_allow_lists: dict[str, HeaderAllowList] = field(default_factory=dict)
+    # Removes the config's secrets from upstream errors before a client sees them.
+    redactor: SecretRedactor = field(default_factory=lambda: SecretRedactor(()))
     readiness: list[ReadinessProbe] = field(default_factory=list)
     # Run in reverse order at shutdown, after the upstream clients are closed.
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from proxy.client_headers import HeaderAllowList
 from proxy.relay import ReplyResponse
 from proxy.state import GatewayState, get_state
+from proxy.upstream_errors import sanitize_error_reply
 from proxy.upstreams.openai_upstream import OpenAIUpstream
 
 log = logging.getLogger("guardline.models")
@@ -54,7 +55,9 @@ async def list_models(request: Request) -> Response:
         headers = request.scope["headers"]
         if upstream.uses_operator_key:
             headers = _DEFAULT_ALLOW.filter(headers)
-        reply = await upstream.list_models(headers)
+        reply = sanitize_error_reply(
+            await upstream.list_models(headers), state.redactor, upstream.name
+        )
         if reply.status != 200:
             if not data and len(upstreams) == 1:
                 return ReplyResponse(reply, [])  # e.g. the upstream's 401 for a bad BYOK key
