@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from guard_engine.engine import GuardEngine
+from proxy.admin import AdminGate
 from proxy.auth import Authenticator
 from proxy.client_headers import HeaderAllowList
 from proxy.config_schema import GatewayConfig, LiteLLMUpstreamConfig, OpenAIUpstreamConfig
@@ -102,6 +103,7 @@ def build_state(
         upstreams=build_upstreams(config, byok=authenticator.open, transports=transports),
         header_allow_lists=header_allow_lists(config),
         redactor=SecretRedactor(configured_secrets(config)),
+        admin=AdminGate(config.server.admin_key),
         readiness=[_config_probe(config)],
         started_at=int(time.time()),
     )
@@ -199,7 +201,7 @@ def create_app(
     if obs is not None:
         from proxy.observability import wiring
 
-        routes.extend(wiring.routes(obs, before_scrape))
+        routes.extend(wiring.routes(obs, before_scrape, AdminGate(config.server.admin_key)))
         middleware = [*wiring.middleware(obs), *middleware]  # outermost first
     app = Starlette(
         routes=routes,

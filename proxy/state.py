@@ -15,6 +15,7 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 
+from proxy.admin import AdminGate
 from proxy.auth import Authenticator
 from proxy.client_headers import HeaderAllowList
 from proxy.config_schema import GatewayConfig
@@ -39,6 +40,8 @@ class GatewayState:
     # Route name -> the client headers its upstream may receive; only routes whose upstream
     # is called with the operator's key are listed (the others forward the client's headers).
     header_allow_lists: dict[str, HeaderAllowList] = field(default_factory=dict)
+    # Who may read /metrics and /readyz's details (everyone unless server.admin_key is set).
+    admin: AdminGate = field(default_factory=lambda: AdminGate(""))
     # Removes the config's secrets from upstream errors before a client sees them.
     redactor: SecretRedactor = field(default_factory=lambda: SecretRedactor(()))
     readiness: list[ReadinessProbe] = field(default_factory=list)
