@@ -17,7 +17,7 @@ import os
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy.disconnect import ClientDisconnected
+from proxy.disconnect import STATE_CLIENT_CLOSED, ClientDisconnected
 from proxy.errors import GatewayError, InternalError, PayloadTooLarge
 
 log = logging.getLogger("guardline.proxy")
@@ -99,7 +99,11 @@ class GatewayMiddleware:
         try:
             await self.app(scope, limited_receive, send_wrapper)
         except (ClientDisconnected, ClientDisconnect):
-            return  # nobody is listening; the upstream call was already cancelled
+            # Nobody is listening; the upstream call was already cancelled. The outer
+            # middlewares record the request as 499, not as a failure of ours.
+            if not started:
+                scope["state"][STATE_CLIENT_CLOSED] = True
+            return
         except GatewayError as exc:
             if started:
                 log.warning("error after the response started: %r", exc)
