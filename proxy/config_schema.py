@@ -132,6 +132,11 @@ class AuditConfig(Strict):
     otel_logs: bool = False  # also emit records as OpenTelemetry log records
 
 
+class ModerationsConfig(Strict):
+    # Entries of one /v1/moderations `input` array; more is a 400 (each is a guard call).
+    max_inputs: int = Field(default=32, ge=1, le=1024)
+
+
 def _default_guards() -> dict[str, GuardConfig]:
     return {"local": EmbeddedGuardConfig(type="embedded")}
 
@@ -147,3 +152,4 @@ class GatewayConfig(Strict):
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
     audit: AuditConfig = AuditConfig()
+    moderations: ModerationsConfig = ModerationsConfig()

@@ -33,7 +33,9 @@ async def create_moderation(request: Request) -> Response:
     # The moderation model names the guard, not a chat model: routes match on path and tenant.
     route = state.router.match(prefix, tenant, None)
     policy = state.moderation.policies.get(route.policy)
-    body, stages = await moderate(state.moderation, policy, data["input"])
+    body, stages = await moderate(
+        state.moderation, policy, data["input"], max_inputs=state.config.moderations.max_inputs
+    )
     decisions = Decisions(policy=policy, input=stages[0] if len(stages) == 1 else None)
     headers = decisions.header_dict()
     headers["x-guardline-route"] = route.name
