@@ -89,9 +89,7 @@ def sanitize_error_reply(
     headers = [(k, redactor.redact(v)) for k, v in reply.headers] if redactor else reply.headers
     if reply.status >= 500 and not _is_envelope(body):
         body = _wrapped(reply.status, upstream, body)
-        headers = [
-            (k, v) for k, v in headers if k not in (b"content-type", b"content-encoding")
-        ]
+        headers = [(k, v) for k, v in headers if k not in (b"content-type", b"content-encoding")]
         headers.append((b"content-type", b"application/json"))
     reply.body = body
     reply.headers = headers

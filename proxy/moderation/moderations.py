@@ -27,9 +27,7 @@ from proxy.moderation.openai_categories import (
 from proxy.moderation.pipeline import ModerationPipeline
 
 
-def _requests_from_input(
-    value: Any, max_inputs: int
-) -> list[tuple[str, list[tuple[str, str]]]]:
+def _requests_from_input(value: Any, max_inputs: int) -> list[tuple[str, list[tuple[str, str]]]]:
     """(text, [(image url, param)]) per result to produce."""
     if isinstance(value, str):
         return [(value, [])]

@@ -107,9 +107,7 @@ def _output_verdicts(gateway: Gateway) -> dict[tuple[str, str], float]:
     return out
 
 
-def test_monitor_mode_streams_everything_and_records(
-    gateway: Gateway, guard: SGLangDouble
-) -> None:
+def test_monitor_mode_streams_everything_and_records(gateway: Gateway, guard: SGLangDouble) -> None:
     gateway.start(output={"stream": "monitor", "holdback_chars": 50})
     text, reasons, _ = _stream(gateway, 20)
     assert "word12" in text and reasons[-1] == "stop"
