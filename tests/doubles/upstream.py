@@ -237,7 +237,7 @@ _USAGE = {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
 def _completion(
     headers: dict[str, str], body: dict[str, Any], echo: dict[str, Any] | None
 ) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": None}
+    message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
     if headers.get("x-double-tool-calls"):
         message["tool_calls"] = [
             {
