@@ -15,10 +15,13 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 
+from proxy.admin import AdminGate
 from proxy.auth import Authenticator
+from proxy.client_headers import HeaderAllowList
 from proxy.config_schema import GatewayConfig
 from proxy.forward import ChatService, forward_chat
 from proxy.routing import Router
+from proxy.upstream_errors import SecretRedactor
 from proxy.upstreams.reply import ChatUpstream
 
 log = logging.getLogger("guardline.state")
@@ -34,6 +37,13 @@ class GatewayState:
     router: Router
     upstreams: dict[str, ChatUpstream]
     chat_service: ChatService = forward_chat
+    # Route name -> the client headers its upstream may receive; only routes whose upstream
+    # is called with the operator's key are listed (the others forward the client's headers).
+    header_allow_lists: dict[str, HeaderAllowList] = field(default_factory=dict)
+    # Who may read /metrics and /readyz's details (everyone unless server.admin_key is set).
+    admin: AdminGate = field(default_factory=lambda: AdminGate(""))
+    # Removes the config's secrets from upstream errors before a client sees them.
+    redactor: SecretRedactor = field(default_factory=lambda: SecretRedactor(()))
     readiness: list[ReadinessProbe] = field(default_factory=list)
     # Run in reverse order at shutdown, after the upstream clients are closed.
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)

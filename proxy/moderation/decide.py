@@ -89,20 +89,32 @@ async def judge(
                 request, policy, guard=FALLBACK_GUARD, mode="binary", headers=headers
             )
         except GuardError as fallback_failure:
-            raise _unavailable(failure, fallback=fallback_failure) from None
+            raise _unavailable(request.stage, failure, fallback=fallback_failure) from None
         return _result(
             replace(verdict, degraded=True), reason=f"fallback:{failure.reason}", request=request
         )
-    raise _unavailable(failure) from None
+    raise _unavailable(request.stage, failure) from None
+
+
+# What happened to the request when its check failed, said plainly: an output check runs
+# after the upstream answered (the call was made, and billed), only its answer is withheld.
+_OUTCOME: dict[Stage, tuple[str, str]] = {
+    "input": ("this request", "It was not forwarded to the model."),
+    "output": (
+        "the model's response",
+        "The upstream model was called and answered; its response was withheld.",
+    ),
+}
 
 
 def _unavailable(
-    failure: GuardError, *, fallback: GuardError | None = None
+    stage: Stage, failure: GuardError, *, fallback: GuardError | None = None
 ) -> GuardUnavailableError:
-    message = f"The content guard could not check this request ({failure.reason})"
+    checked, outcome = _OUTCOME[stage]
+    message = f"The content guard could not check {checked} ({failure.reason})"
     if fallback is not None:
         message += f", and the fallback guard failed too ({fallback.reason}: {fallback})"
     return GuardUnavailableError(
-        message + ". It was not forwarded.",
+        f"{message}. {outcome}",
         headers={"retry-after": "1", "x-guardline-degraded": failure.reason},
     )

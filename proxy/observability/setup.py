@@ -22,6 +22,7 @@ from proxy.observability import tracing
 from proxy.observability.late_spans import ReservedIds
 from proxy.observability.logs import Redactor, configure_logging
 from proxy.observability.metrics import GatewayMetrics
+from proxy.upstream_errors import configured_secrets
 
 if TYPE_CHECKING:
     from opentelemetry.sdk._logs import LoggerProvider
@@ -60,16 +61,8 @@ class Observability:
 
 def config_secrets(config: GatewayConfig) -> Iterator[str]:
     """Every secret value in the config: tenant keys (not their sha256: digests), upstream and
-    guard API keys."""
-    for tenant in config.auth.tenants.values():
-        yield from (key for key in tenant.keys if key and not key.startswith("sha256:"))
-    for upstream in config.upstreams.values():
-        if upstream.api_key:
-            yield upstream.api_key
-    for guard in config.guards.values():
-        api_key = getattr(guard, "api_key", None)
-        if api_key:
-            yield api_key
+    guard API keys, the admin key."""
+    yield from configured_secrets(config)
 
 
 def build_observability(

@@ -10,7 +10,12 @@ records what it received and which clients went away. Request headers steer it:
     x-double-chunk-delay-ms: 50   wait between stream chunks
     x-double-tool-calls: 1        answer with a tool call instead of text
     x-double-die-after: 2         stream: break the connection after this many chunks
-    x-double-echo: 1              add the received body and headers to the answer (`echo`)
+    x-double-echo: 1              add the received body and headers to the answer (`echo`);
+                                  with x-double-status, the error message and an `echo` field
+                                  repeat the headers received (as some upstreams echo
+                                  `Authorization`)
+    x-double-error-body: html     with x-double-status: answer a text/html page (not an OpenAI
+                                  envelope) that also shows the Authorization received
     x-double-id: abc              name this request in `disconnects` / `wait_disconnect`
     x-double-reasoning: text      the answer carries this reasoning first (streamed word by word)
     x-double-reasoning-field: f   ...under `reasoning_content` (default, as vLLM and DeepSeek),
@@ -117,9 +122,7 @@ class UpstreamDouble:
                 return
             status = int(headers.get("x-double-status", "200"))
             if status != 200:
-                message = f"double error {status}"
-                error = {"message": message, "type": "double_error", "param": None, "code": "x"}
-                await _json(send, status, {"error": error, "x_double": True})
+                await _error(send, status, headers)
                 return
             body = orjson.loads(raw)
             echo = {"body": body, "headers": headers} if headers.get("x-double-echo") else None
@@ -198,6 +201,27 @@ async def _json(send: Send, status: int, payload: Any) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
+async def _error(send: Send, status: int, headers: dict[str, str]) -> None:
+    auth = headers.get("authorization", "")
+    if headers.get("x-double-error-body") == "html":
+        page = f"<html><body><h1>{status} Bad Gateway</h1><p>{auth}</p></body></html>".encode()
+        start: Message = {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"text/html"), (b"x-double-served", b"1")],
+        }
+        await send(start)
+        await send({"type": "http.response.body", "body": page})
+        return
+    message = f"double error {status}"
+    payload: dict[str, Any] = {"x_double": True}
+    if headers.get("x-double-echo"):
+        message += f" (received Authorization: {auth})"
+        payload["echo"] = {"headers": headers}
+    error = {"message": message, "type": "double_error", "param": None, "code": "x"}
+    await _json(send, status, {"error": error, **payload})
+
+
 def _model(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "double"}
 
@@ -225,7 +249,7 @@ _USAGE = {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
 def _completion(
     headers: dict[str, str], body: dict[str, Any], echo: dict[str, Any] | None
 ) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": None}
+    message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
     if headers.get("x-double-tool-calls"):
         message["tool_calls"] = [
             {
