@@ -261,9 +261,7 @@ def test_monitor_stream_check_past_the_deadline_is_cancelled_and_recorded(
     assert gw.lost_tasks() == []
 
 
-def test_shadow_checks_are_drained_before_the_engine_closes(
-    start: Start, tmp_path: Path
-) -> None:
+def test_shadow_checks_are_drained_before_the_engine_closes(start: Start, tmp_path: Path) -> None:
     write_policy(tmp_path, "candidate")
     gw = start(
         graceful_s=30,
