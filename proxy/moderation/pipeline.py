@@ -1,4 +1,5 @@
-"""The moderation pipeline: a chat service that wraps `forward_chat` (DESIGN section 1).
+"""The moderation pipeline: a chat service that wraps `forward_chat` (docs/architecture.md,
+"The request path").
 
     input check ─┬─ serial (default): check, then call the upstream
                  └─ parallel: call the upstream at the same time; an unsafe verdict cancels it
