@@ -118,7 +118,10 @@ class ModerationPipeline:
             upstream_task = asyncio.ensure_future(self._call_upstream(state, call, timing))
         try:
             if check_input:
-                decisions.input = await self._judge("input", guard_request, policy, timing)
+                parallel = upstream_task is not None
+                decisions.input = await self._judge(
+                    "input", guard_request, policy, timing, upstream_started=parallel
+                )
                 self.shadows.run(call, policy, guard_request, decisions.input)
             else:
                 decisions.input = skipped("input")
@@ -151,11 +154,19 @@ class ModerationPipeline:
         *,
         span: str | None = None,
         index: int | None = None,
+        upstream_started: bool = False,
     ) -> StageResult:
         kind: Kind = "guard-input" if stage == "input" else "guard-output"
         name = span or f"guard.{stage}"
         return await self._spans.judge(
-            name, self.engine, request, policy, timing, kind, index=index
+            name,
+            self.engine,
+            request,
+            policy,
+            timing,
+            kind,
+            index=index,
+            upstream_started=upstream_started,
         )
 
     async def _block_input(
