@@ -348,16 +348,19 @@ class ModerationPipeline:
     async def _settle(
         self, call: ChatCall, decisions: Decisions, timing: RequestTiming, outcome: StreamOutcome
     ) -> None:
+        worker = outcome.background
         try:
             await outcome.settled()
         except asyncio.CancelledError:
             # Shutdown cut the checks short: the record says so rather than going unwritten.
-            if outcome.background is not None:
-                outcome.background.cancel()
-                await asyncio.gather(outcome.background, return_exceptions=True)
+            if worker is not None:
+                worker.cancel()
+                await asyncio.gather(worker, return_exceptions=True)
             outcome.error = CancelledAtShutdown("the gateway shut down before the check ended")
             self._stream_done(call, decisions, timing, outcome)
             raise
+        if worker is not None and worker.cancelled():  # the worker alone was cancelled
+            outcome.error = CancelledAtShutdown("the gateway shut down before the check ended")
         self._stream_done(call, decisions, timing, outcome)
 
     def _stream_done(
