@@ -1,4 +1,4 @@
-"""The strict raw shape of config.yaml (DESIGN section 4). Unknown keys are errors.
+"""The strict raw shape of config.yaml (docs/config.md). Unknown keys are errors.
 
 `proxy.config` loads a file into these models (interpolating `${VAR}`) and validates the
 cross-references (routes name upstreams and policies, default_guard names a guard).

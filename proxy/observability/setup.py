@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from proxy.audit.think import ThinkCheck, ThinkScheduler
     from proxy.audit.writer import AuditWriter
+    from proxy.background import BackgroundTasks
 
 
 @dataclass
@@ -40,13 +41,21 @@ class Observability:
     log_provider: LoggerProvider | None
     redactor: Redactor
 
-    def think_scheduler(self, check: ThinkCheck, max_concurrency: int = 2) -> ThinkScheduler | None:
-        """THINK re-checks writing to this audit trail (None when the audit is off)."""
+    def think_scheduler(
+        self,
+        check: ThinkCheck,
+        max_concurrency: int = 2,
+        background: BackgroundTasks | None = None,
+    ) -> ThinkScheduler | None:
+        """THINK re-checks writing to this audit trail (None when the audit is off); with
+        `background`, the re-checks are registered there (drained at shutdown)."""
         if self.writer is None:
             return None
         from proxy.audit.think import ThinkScheduler
 
-        return ThinkScheduler(check, self.writer, self.metrics, max_concurrency)
+        return ThinkScheduler(
+            check, self.writer, self.metrics, max_concurrency, background=background
+        )
 
     async def aclose(self, timeout_s: float = 10.0) -> None:
         """Drain the audit queue, then flush and stop the exporters (off the event loop)."""

@@ -79,7 +79,7 @@ async def install_observed_moderation(
     from proxy.moderation.wiring import install_moderation
 
     engine = engine or build_engine(config)
-    think = obs.think_scheduler(think_check(engine))
+    think = obs.think_scheduler(think_check(engine), background=state.background)
     report = ModerationReport(
         engine=engine,
         metrics=obs.metrics,
@@ -100,6 +100,7 @@ async def install_observed_moderation(
     if before_scrape is not None:
         before_scrape.append(report.sample_breakers)
     if think is not None:
-        # Closers run in reverse: re-checks stop before the engine closes and the audit drains.
+        # The state drains its background tasks (re-checks included) before any closer runs;
+        # this stops the scheduler for good, before the engine closes and the audit drains.
         state.closers.append(think.aclose)
     return pipeline

@@ -28,6 +28,10 @@ records what it received and which clients went away. Request headers steer it:
                                   is cut-off JSON (carrying text), as a broken provider sends
     x-double-reply: Sure%2C%20... answer with this text (percent-encoded UTF-8); a stream sends
                                   it word by word
+    x-double-stream-error: 2      stream: after this many content chunks, an error event that
+                                  repeats the Authorization received (as some providers echo
+                                  it), sent in two network chunks split inside that value, and
+                                  the stream ends there (no [DONE])
 
 Every answer carries a vendor field (`x_double`) and a vendor header (`x-double-served`) so
 tests can check that unknown fields pass through the gateway in both directions.
@@ -163,6 +167,9 @@ class UpstreamDouble:
             }
         )
         events = _stream_events(body, chunks, tools, echo, headers)
+        error_after = int(headers.get("x-double-stream-error", "-1"))
+        if error_after >= 0:
+            events = [*events[: error_after + 1], *_error_event(headers)]
         for i, event in enumerate(events):
             if i == die_after:
                 raise DoubleDied("the double breaks the stream on request")
@@ -220,6 +227,21 @@ async def _error(send: Send, status: int, headers: dict[str, str]) -> None:
         payload["echo"] = {"headers": headers}
     error = {"message": message, "type": "double_error", "param": None, "code": "x"}
     await _json(send, status, {"error": error, **payload})
+
+
+def _error_event(headers: dict[str, str]) -> list[bytes]:
+    """A mid-stream error event echoing the Authorization received, in two network chunks cut
+    in the middle of that value (a gateway must find a secret split across chunks)."""
+    auth = headers.get("authorization", "")
+    error = {
+        "message": f"double stream failed (received Authorization: {auth})",
+        "type": "server_error",
+        "param": None,
+        "code": "double_stream_error",
+    }
+    event = b"data: " + orjson.dumps({"error": error}) + b"\n\n"
+    cut = event.find(auth.encode()) + len(auth) // 2 if auth else len(event) // 2
+    return [event[:cut], event[cut:]]
 
 
 def _model(name: str) -> dict[str, Any]:

@@ -141,3 +141,21 @@ def test_failed_input_check_says_it_was_not_forwarded(
         gateway.client().chat.completions.create(model="m", messages=SAFE)
     assert "could not check this request" in caught.value.message
     assert "not forwarded" in caught.value.message
+
+
+def test_failed_parallel_input_check_says_the_upstream_call_was_cancelled(
+    gateway: Gateway, guard: SGLangDouble
+) -> None:
+    guard.configure(status=503)
+    gateway.start(input={"parallel": True}, on_guard_error="closed")
+    with pytest.raises(openai.InternalServerError) as caught:
+        gateway.client().chat.completions.create(
+            model="m",
+            messages=SAFE,
+            extra_headers={"x-double-delay-ms": "3000"},
+        )
+    assert caught.value.code == "guard_unavailable"
+    message = caught.value.message
+    assert "could not check this request" in message
+    assert "not forwarded" not in message  # it was: the upstream call ran beside the check
+    assert "started at the same time (input.parallel), was cancelled" in message

@@ -1,6 +1,8 @@
 """Cut OpenAI's OpenAPI spec down to what the schemathesis test needs.
 
-    python -m tests.openapi.trim_spec ../shared/reference/openai-openapi/openapi.yaml
+    python -m tests.openapi.trim_spec path/to/openapi.yaml
+
+(the spec is OpenAI's published OpenAPI document, github.com/openai/openai-openapi)
 
 writes tests/openapi/openai-trimmed.json: `POST /chat/completions` and `POST /moderations`
 with every component schema they reach through `$ref`, nothing else (the full spec is ~3 MB).

@@ -103,3 +103,23 @@ def test_every_plain_secret_of_the_config_is_redacted() -> None:
     redactor = SecretRedactor(secrets)
     text = orjson.dumps({"m": 'up"secret tenant-secret llm-secret'})
     assert redactor.redact(text) == b'{"m":"[redacted] [redacted] [redacted]"}'
+
+
+def test_an_error_event_inside_a_stream_is_redacted(keyed_gateway: str) -> None:
+    headers = {"x-double-stream-error": "2", "x-double-chunks": "5"}
+    with httpx.stream(
+        "POST",
+        keyed_gateway + "/v1/chat/completions",
+        json={**BODY, "stream": True},
+        headers=headers,
+    ) as r:
+        assert r.status_code == 200
+        text = r.read().decode()
+    assert OPERATOR_KEY not in text
+    assert OPERATOR_KEY.replace("/", "\\/") not in text
+    events = [orjson.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+    # The content before it passes as it came; the error event arrives whole, redacted.
+    assert [e["choices"][0]["delta"].get("content") for e in events[:3]] == ["", "word0 ", "word1 "]
+    error = events[-1]["error"]
+    assert error["message"] == "double stream failed (received Authorization: Bearer [redacted])"
+    assert error["code"] == "double_stream_error"
