@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from proxy.endpoints import EndpointRule, pattern_error
 
 
 class Strict(BaseModel):
@@ -94,6 +96,19 @@ class RouteConfig(Strict):
     models: list[str] | None = None  # None: any model; entries may end in `*`
     upstream: str
     policy: str  # path, relative to the config file
+    # Other /v1/ endpoints: path pattern -> check | pass | deny (proxy.endpoints); None: defaults.
+    endpoints: dict[str, EndpointRule] | None = None
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoint_patterns(
+        cls, value: dict[str, EndpointRule] | None
+    ) -> dict[str, EndpointRule] | None:
+        for pattern, rule in (value or {}).items():
+            error = pattern_error(pattern, rule)
+            if error is not None:
+                raise ValueError(error)
+        return value
 
 
 class TracingConfig(Strict):

@@ -185,10 +185,19 @@ class H1Transport(httpx.AsyncBaseTransport):
                 lines.append(request.content)
                 conn.transport.write(b"".join(lines))
             except httpx.RequestNotRead:
+                # A streamed body (the passthrough endpoints' uploads): written as it comes,
+                # in chunked framing when it has no Content-Length (httpx then asks for it).
                 conn.transport.write(b"".join(lines))
+                chunked = request.headers.get("transfer-encoding", "").lower() == "chunked"
                 async for part in request.stream:  # type: ignore[union-attr]
+                    if chunked:
+                        if not part:
+                            continue  # an empty chunk would end the body
+                        part = b"%x\r\n%b\r\n" % (len(part), part)
                     conn.transport.write(part)
                     await conn.drain(timeouts.get("write"))
+                if chunked:
+                    conn.transport.write(b"0\r\n\r\n")
             await conn.drain(timeouts.get("write"))
             if conn.closed and not head_done.done():
                 raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
