@@ -1,0 +1,463 @@
+"""`{prefix}/v1/{path}`, any method: the rest of the OpenAI API, relayed by the route's rule.
+
+The catch-all after the explicit routes (chat completions, models, moderations). Per request:
+authenticate, route (on prefix and tenant; on the body's `model` too where the gateway reads
+the body), then the route's rule for the path (`proxy.endpoints`):
+
+    deny   403 `endpoint_not_allowed` (permission_error), nothing is sent upstream
+    pass   the request streams to the upstream as it arrives and the answer streams back
+           (multipart uploads, downloads, SSE: never buffered whole), marked
+           `x-guardline-input: unchecked`
+    check  the JSON body (bounded by server.max_body_bytes) is read, its text input judged
+           with the route policy's input check like a chat prompt (on_guard_error,
+           on_uncheckable, guard spans, Server-Timing); unsafe is a 400
+           content_policy_violation, otherwise the same bytes are relayed
+
+Answers of these endpoints are never moderated: `x-guardline-output: unchecked`.
+A path that an explicit route serves with another method is a 405, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from opentelemetry.trace import Span, SpanKind, Tracer
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match, Route
+from starlette.types import Receive, Scope, Send
+
+from guard_engine.policy.compiled import CompiledPolicy
+from guard_engine.types import GuardRequest
+from proxy.config_schema import OpenAIUpstreamConfig
+from proxy.disconnect import CancelOnDisconnect, ClientDisconnected
+from proxy.endpoints import CHECKABLE, rule_for
+from proxy.errors import (
+    GatewayError,
+    InvalidField,
+    InvalidJSON,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+)
+from proxy.moderation.blocks import input_violation
+from proxy.moderation.decide import StageResult, skipped
+from proxy.moderation.headers import Decisions
+from proxy.moderation.spans import CallTiming, ModerationSpans, with_trace_headers
+from proxy.observability import tracing
+from proxy.observability.after_response import after_response
+from proxy.observability.asgi import STATE_ROUTE, STATE_TENANT, request_start
+from proxy.observability.late_spans import LateSpan, Parent
+from proxy.observability.request_log import STATE_MODERATION, ModerationSummary
+from proxy.observability.timing import RequestTiming
+from proxy.state import GatewayState, get_state
+from proxy.upstreams.openai_upstream import OpenAIUpstream
+from proxy.upstreams.passthrough import RelayedResponse, relay, request_headers, upstream_url
+from proxy.upstreams.reply import RawHeaders
+
+ROUTE_HEADER = b"x-guardline-route"
+UNCHECKED = "unchecked"
+
+
+class EndpointNotAllowed(GatewayError):
+    """The route's rule (or the safe default) refuses this endpoint."""
+
+    status = 403
+    type = "permission_error"
+    code = "endpoint_not_allowed"
+
+
+async def passthrough(request: Request) -> Response:
+    scope = request.scope
+    method: str = scope["method"]
+    _explicit_route_method(request)
+    state = get_state(request)
+    tenant = state.authenticator.authenticate(request.headers.get("authorization"))
+    scope_state = scope["state"]
+    if tenant is not None:
+        scope_state[STATE_TENANT] = tenant
+    prefix, path = state.router.split_path(scope["path"])
+
+    field = CHECKABLE.get(path) if method == "POST" else None
+    raw: bytes | None = None
+    data: dict[str, Any] | None = None
+    model: str | None = None
+    if field is not None:  # a JSON body the gateway may read: it also names the model
+        raw = await request.body()
+        data = _json_object(raw)
+        candidate = data.get("model") if data is not None else None
+        model = candidate if isinstance(candidate, str) else None
+    route = state.router.match(prefix, tenant, model)
+    scope_state[STATE_ROUTE] = route.name
+    route_header = {ROUTE_HEADER.decode(): route.name}
+    rule = rule_for(route.endpoints, path)
+    if rule == "deny":
+        raise EndpointNotAllowed(
+            f"{method} {path} is not allowed on this gateway (route '{route.name}').",
+            headers=route_header,
+        )
+    upstream = state.upstreams[route.upstream]
+    upstream_cfg = state.config.upstreams[route.upstream]
+    if not isinstance(upstream, OpenAIUpstream) or not isinstance(
+        upstream_cfg, OpenAIUpstreamConfig
+    ):
+        raise NotFound(
+            f"{method} {path} is not available: route '{route.name}' serves chat completions "
+            "only (its upstream is not an OpenAI-compatible API).",
+            headers=route_header,
+        )
+    if rule == "check" and field is None:
+        if path in CHECKABLE:
+            raise MethodNotAllowed(
+                f"Method {method} is not allowed for {scope['path']}.",
+                headers={**route_header, "allow": "POST"},
+            )
+        # Only reachable with an unvalidated config: what cannot be checked is not relayed.
+        raise EndpointNotAllowed(f"{method} {path} cannot be checked.", headers=route_header)
+
+    timing = CallTiming(request_start(scope), scope_state)
+    pipeline = state.moderation
+    policy: CompiledPolicy | None = None
+    decisions: Decisions | None = None
+    if pipeline is not None:
+        policy = pipeline.policies.get(route.policy)
+        decisions = Decisions(policy=policy)
+    tracer = _tracer(request)
+    if rule == "check" and decisions is not None and pipeline is not None:
+        assert field is not None and raw is not None
+        if data is None:
+            _json_object(raw, strict=True)  # raises the 400 naming the problem
+        assert data is not None
+        await _check(pipeline, decisions, field, data, timing, tracer, route_header)
+
+    content: bytes | AsyncIterator[bytes] | None = raw
+    if raw is None and _has_body(scope):
+        content = request.stream()
+    target = _target(scope, prefix)
+    relayed = await _send(
+        state,
+        upstream,
+        upstream_cfg,
+        method,
+        target,
+        scope["headers"],
+        content,
+        timing,
+        tracer,
+        model,
+        path,
+    )
+    extra: RawHeaders = [(ROUTE_HEADER, route.name.encode())]
+    if decisions is not None:
+        extra.extend(_labelled(decisions.headers(timing.server_timing())))
+        scope_state[STATE_MODERATION] = _summary(decisions, timing, model)
+    else:
+        extra.append((b"x-guardline-input", UNCHECKED.encode()))
+    return PassthroughResponse(relayed, extra, timing)
+
+
+# --- routing helpers ------------------------------------------------------------------------
+
+
+def _explicit_route_method(request: Request) -> None:
+    """A path an explicit route serves, asked with another method: 405 as before the catch-all."""
+    for route in request.app.router.routes:
+        if not isinstance(route, Route) or route.endpoint is passthrough:
+            continue
+        match, _ = route.matches(request.scope)
+        if match is Match.PARTIAL:
+            allow = ", ".join(sorted(route.methods or ()))
+            raise MethodNotAllowed(
+                f"Method {request.method} is not allowed for {request.url.path}.",
+                headers={"allow": allow} if allow else None,
+            )
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return bool(value.strip() != b"0")
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
+def _target(scope: Scope, prefix: str) -> bytes:
+    """The raw path below `{prefix}/v1`, with the query string, as the client sent them."""
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+    below = raw_path[len(prefix.encode()) + len(b"/v1") :]
+    query: bytes = scope.get("query_string", b"")
+    return below + b"?" + query if query else below
+
+
+def _tracer(request: Request) -> Tracer | None:
+    obs = getattr(request.app.state, "observability", None)
+    return getattr(obs, "tracer", None)
+
+
+# --- check ----------------------------------------------------------------------------------
+
+
+def _json_object(raw: bytes, *, strict: bool = False) -> dict[str, Any] | None:
+    """The body as a JSON object; None (or with `strict` the 400) when it is not one."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if strict:
+            raise InvalidJSON(
+                f"We could not parse the JSON body of your request. ({exc.msg})"
+            ) from None
+        return None
+    if not isinstance(data, dict):
+        if strict:
+            raise InvalidRequest("The request body must be a JSON object.", code="invalid_type")
+        return None
+    return data
+
+
+def _texts(field: str, data: dict[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
+    """([(param, text)], [params the guard cannot read]) of the body's text input."""
+    if field not in data:
+        raise InvalidField(
+            f"Missing required parameter: '{field}'.",
+            param=field,
+            code="missing_required_parameter",
+        )
+    value = data[field]
+    if isinstance(value, str):
+        return [(field, value)], []
+    if field == "input" and isinstance(value, list) and value:
+        if all(isinstance(v, str) for v in value):
+            return [(f"{field}[{i}]", v) for i, v in enumerate(value)], []
+        tokens = all(isinstance(v, int) for v in value) or all(
+            isinstance(v, list) and all(isinstance(t, int) for t in v) for v in value
+        )
+        if tokens:  # token ids: the guard reads text only
+            return [], [field]
+    expected = (
+        "a string, an array of strings, or an array of token arrays"
+        if field == "input"
+        else "a string"
+    )
+    raise InvalidField(f"Invalid type for '{field}': expected {expected}.", param=field)
+
+
+async def _check(
+    pipeline: Any,
+    decisions: Decisions,
+    field: str,
+    data: dict[str, Any],
+    timing: RequestTiming,
+    tracer: Tracer | None,
+    route_header: dict[str, str],
+) -> None:
+    """Judge the body's text like a chat prompt; raises the block (400) or the guard's 503."""
+    policy = decisions.policy
+    texts, uncheckable = _texts(field, data)
+    if uncheckable and policy.input.on_uncheckable == "refuse":
+        param = uncheckable[0]
+        raise InvalidField(
+            f"{param}: this content type cannot be checked by the content guard, and the "
+            f"policy {policy.ref} refuses what it cannot check.",
+            param=param,
+            code="unsupported_content",
+            headers=route_header,
+        )
+    decisions.unchecked = tuple(uncheckable)
+    unique = list(dict.fromkeys(text for _, text in texts if text.strip()))
+    if not policy.input.enabled or not unique:
+        decisions.input = skipped("input")
+        return
+    spans = ModerationSpans(tracer)
+    try:
+        results = await asyncio.gather(
+            *(
+                spans.judge(
+                    "guard.input",
+                    pipeline.engine,
+                    GuardRequest(prompt=text),
+                    policy,
+                    timing,
+                    "guard-input",
+                )
+                for text in unique
+            )
+        )
+    except GatewayError as exc:  # the guard failed and the policy fails closed: 503
+        timing.finish()
+        exc.headers.update(decisions.header_dict(timing.server_timing()))
+        exc.headers.update(route_header)
+        raise
+    decisions.input = _combined(results)
+    if decisions.input.flagged:
+        timing.finish()
+        decisions.output = skipped("output")
+        error = input_violation(policy, decisions.input.categories)
+        error.param = _flagged_param(texts, decisions.input)
+        error.headers.update(_dict(_labelled(decisions.headers(timing.server_timing()))))
+        error.headers.update(route_header)
+        raise error
+    if decisions.unchecked and decisions.input.status == "safe":
+        # Like chat: forwarded parts the guard never saw are never reported as plainly safe.
+        decisions.input = StageResult(
+            stage="input",
+            status="degraded",
+            verdict=decisions.input.verdict,
+            guard_ms=decisions.input.guard_ms,
+            request=decisions.input.request,
+        )
+
+
+def _combined(results: list[StageResult]) -> StageResult:
+    """One stage result for several judged texts: unsafe beats degraded beats safe."""
+    for status in ("unsafe", "degraded"):
+        for result in results:
+            if result.status == status:
+                return result
+    return results[0]
+
+
+def _flagged_param(texts: list[tuple[str, str]], result: StageResult) -> str | None:
+    if result.request is None:
+        return None
+    return next((param for param, text in texts if text == result.request.prompt), None)
+
+
+def _labelled(headers: RawHeaders) -> RawHeaders:
+    """The moderation headers with the truth about these endpoints: the answer is unchecked,
+    and an input no guard looked at is `unchecked`, not `skipped`."""
+    out: RawHeaders = []
+    for name, value in headers:
+        if name == b"x-guardline-output":
+            value = UNCHECKED.encode()
+        out.append((name, value))
+    return out
+
+
+def _dict(headers: RawHeaders) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in headers}
+
+
+def _summary(decisions: Decisions, timing: RequestTiming, model: str | None) -> ModerationSummary:
+    stage = decisions.input
+    return ModerationSummary(
+        policy=decisions.policy.ref,
+        input=stage.status if stage is not None else UNCHECKED,
+        output=UNCHECKED,
+        categories=stage.categories if stage is not None else (),
+        degraded=(f"input:{stage.degraded_reason}",)
+        if stage is not None and stage.degraded_reason
+        else (),
+        stream=False,
+        model=model or "",
+        timing=timing,
+    )
+
+
+# --- upstream -------------------------------------------------------------------------------
+
+
+async def _send(
+    state: GatewayState,
+    upstream: OpenAIUpstream,
+    cfg: OpenAIUpstreamConfig,
+    method: str,
+    target: bytes,
+    client_headers: RawHeaders,
+    content: bytes | AsyncIterator[bytes] | None,
+    timing: RequestTiming,
+    tracer: Tracer | None,
+    model: str | None,
+    path: str,
+) -> RelayedResponse:
+    """The upstream call in a CLIENT span (its traceparent goes upstream), timed as upstream."""
+    headers = request_headers(upstream, client_headers)
+    parent = Parent.current() if tracer is not None else None
+    span = None
+    if tracer is not None and parent is not None:
+        span = LateSpan.start(tracer, tracing.SPAN_UPSTREAM, parent, SpanKind.CLIENT)
+        headers = with_trace_headers(headers, span.carrier())
+    started = time.perf_counter()
+    try:
+        relayed = await relay(
+            upstream, upstream_url(cfg.base_url, target), method, headers, content
+        )
+    except BaseException as exc:
+        timing.add("upstream", started, time.perf_counter())
+        if span is not None:
+            span.fail(exc)
+            span.end()
+            after_response(_state(timing), lambda: span.record(None))
+        raise
+    timing.add("upstream", started, time.perf_counter())
+    if span is not None:
+        status = relayed.status
+
+        def annotate(otel_span: Span) -> None:
+            tracing.set_upstream_attributes(
+                otel_span, provider="openai", request_model=model, operation=path
+            )
+            otel_span.set_attribute("http.response.status_code", status)
+
+        def ended() -> None:  # the span covers the whole body, like chat's
+            span.end()
+            after_response(_state(timing), lambda: span.record(annotate))
+
+        relayed.on_end = ended
+    return relayed
+
+
+def _state(timing: RequestTiming) -> dict[str, Any] | None:
+    return timing.state if isinstance(timing, CallTiming) else None
+
+
+class PassthroughResponse(Response):
+    """Relays a RelayedResponse as it arrives; the client leaving closes the upstream at once.
+
+    An upstream that breaks mid-body cannot change the status any more: the connection to the
+    client is closed without the body's end, so the client sees a truncated answer, never a
+    complete-looking one.
+    """
+
+    def __init__(self, relayed: RelayedResponse, extra: RawHeaders, timing: RequestTiming) -> None:
+        self.relayed = relayed
+        self.timing = timing
+        self.status_code = relayed.status
+        self.background = None
+        self.raw_headers = relayed.headers + extra
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        relayed = self.relayed
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            async with CancelOnDisconnect(receive):
+                await self._pump(relayed.body(), send)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except ClientDisconnected:
+            pass
+        finally:
+            self.timing.finish()
+            await relayed.aclose()
+
+    async def _pump(self, body: AsyncIterator[bytes], send: Send) -> None:
+        timing = self.timing
+        while True:
+            started = time.perf_counter()
+            try:
+                chunk = await body.__anext__()
+            except StopAsyncIteration:
+                return
+            finally:
+                timing.add("upstream", started, time.perf_counter())
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
