@@ -13,6 +13,8 @@ records what it received and which clients went away. Request headers steer it:
     x-double-echo: 1              add the received body and headers to the answer (`echo`)
     x-double-id: abc              name this request in `disconnects` / `wait_disconnect`
 
+Embeddings, image generation, audio transcription, files: `tests/doubles/endpoints.py`.
+
 Every answer carries a vendor field (`x_double`) and a vendor header (`x-double-served`) so
 tests can check that unknown fields pass through the gateway in both directions.
 """
@@ -27,6 +29,8 @@ from typing import Any
 
 import orjson
 from starlette.types import Message, Receive, Scope, Send
+
+from tests.doubles.endpoints import EndpointsDouble
 
 
 class DoubleDied(Exception):
@@ -50,6 +54,7 @@ class UpstreamDouble:
 
     received: list[Received] = field(default_factory=list)
     disconnects: list[str] = field(default_factory=list)
+    endpoints: EndpointsDouble = field(default_factory=EndpointsDouble)
     _events: dict[str, threading.Event] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -89,6 +94,8 @@ class UpstreamDouble:
             await _json(send, 200, {"object": "list", "data": [_model("double-model")]})
         elif path == "/v1/chat/completions" and scope["method"] == "POST":
             await self._chat(headers, body, receive, send)
+        elif await self.endpoints.serve(scope["method"], path, headers, body, send):
+            pass  # embeddings, images, audio, files: tests/doubles/endpoints.py
         else:
             error = {"message": f"no route {path}", "type": "invalid_request_error"}
             await _json(send, 404, {"error": {**error, "param": None, "code": None}})
