@@ -153,7 +153,7 @@ async def passthrough(request: Request) -> Response:
     )
     extra: RawHeaders = [(ROUTE_HEADER, route.name.encode())]
     if decisions is not None:
-        extra.extend(_labelled(decisions.headers(timing.server_timing())))
+        extra.extend(_labelled(decisions, timing.server_timing()))
         scope_state[STATE_MODERATION] = _summary(decisions, timing, model)
     else:
         extra.append((b"x-guardline-input", UNCHECKED.encode()))
@@ -289,7 +289,7 @@ async def _check(
         )
     except GatewayError as exc:  # the guard failed and the policy fails closed: 503
         timing.finish()
-        exc.headers.update(decisions.header_dict(timing.server_timing()))
+        exc.headers.update(_dict(_labelled(decisions, timing.server_timing())))
         exc.headers.update(route_header)
         raise
     decisions.input = _combined(results)
@@ -298,7 +298,7 @@ async def _check(
         decisions.output = skipped("output")
         error = input_violation(policy, decisions.input.categories)
         error.param = _flagged_param(texts, decisions.input)
-        error.headers.update(_dict(_labelled(decisions.headers(timing.server_timing()))))
+        error.headers.update(_dict(_labelled(decisions, timing.server_timing())))
         error.headers.update(route_header)
         raise error
     if decisions.unchecked and decisions.input.status == "safe":
@@ -327,12 +327,14 @@ def _flagged_param(texts: list[tuple[str, str]], result: StageResult) -> str | N
     return next((param for param, text in texts if text == result.request.prompt), None)
 
 
-def _labelled(headers: RawHeaders) -> RawHeaders:
+def _labelled(decisions: Decisions, server_timing: str | None = None) -> RawHeaders:
     """The moderation headers with the truth about these endpoints: the answer is unchecked,
-    and an input no guard looked at is `unchecked`, not `skipped`."""
+    and so is an input no rule asked to check (`pass`), rather than `skipped`."""
     out: RawHeaders = []
-    for name, value in headers:
-        if name == b"x-guardline-output":
+    for name, value in decisions.headers(server_timing):
+        if name == b"x-guardline-output" or (
+            name == b"x-guardline-input" and decisions.input is None
+        ):
             value = UNCHECKED.encode()
         out.append((name, value))
     return out
