@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 from opentelemetry.trace import Span, SpanKind, Tracer
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
@@ -136,7 +136,7 @@ async def passthrough(request: Request) -> Response:
 
     content: bytes | AsyncIterator[bytes] | None = raw
     if raw is None and _has_body(scope):
-        content = request.stream()
+        content = await _request_body(request.receive)
     target = _target(scope, prefix)
     relayed = await _send(
         state,
@@ -165,16 +165,35 @@ async def passthrough(request: Request) -> Response:
 
 def _explicit_route_method(request: Request) -> None:
     """A path an explicit route serves, asked with another method: 405 as before the catch-all."""
-    for route in request.app.router.routes:
-        if not isinstance(route, Route) or route.endpoint is passthrough:
-            continue
-        match, _ = route.matches(request.scope)
-        if match is Match.PARTIAL:
-            allow = ", ".join(sorted(route.methods or ()))
-            raise MethodNotAllowed(
-                f"Method {request.method} is not allowed for {request.url.path}.",
-                headers={"allow": allow} if allow else None,
-            )
+    state = request.app.state
+    explicit: tuple[dict[str, set[str]], list[Route]] | None = getattr(state, _EXPLICIT, None)
+    if explicit is None:  # once per app: the routing table is fixed at start-up
+        static: dict[str, set[str]] = {}
+        templated: list[Route] = []
+        for route in request.app.router.routes:
+            if not isinstance(route, Route) or route.endpoint is passthrough:
+                continue
+            if route.param_convertors:
+                templated.append(route)
+            else:
+                static.setdefault(route.path, set()).update(route.methods or ())
+        explicit = (static, templated)
+        setattr(state, _EXPLICIT, explicit)
+    static, templated = explicit
+    methods = static.get(request.scope["path"])
+    if methods is None:
+        for route in templated:
+            if route.matches(request.scope)[0] is Match.PARTIAL:
+                methods = set(route.methods or ())
+                break
+    if methods is not None and request.scope["method"] not in methods:
+        raise MethodNotAllowed(
+            f"Method {request.method} is not allowed for {request.url.path}.",
+            headers={"allow": ", ".join(sorted(methods))},
+        )
+
+
+_EXPLICIT = "guardline_explicit_paths"
 
 
 def _has_body(scope: Scope) -> bool:
@@ -184,6 +203,47 @@ def _has_body(scope: Scope) -> bool:
         if name == b"transfer-encoding":
             return True
     return False
+
+
+# A streamed request body goes upstream in pieces of up to this size: what arrived while the
+# previous piece was written is sent in one write, and a body no larger than this is sent
+# with its head in one write. Memory per request stays bounded by it, whatever the upload.
+_PIECE = 256 * 1024
+
+
+async def _request_body(receive: Receive) -> bytes | AsyncIterator[bytes]:
+    """The body as it arrives: bytes when it is complete within the first piece, else an
+    iterator that yields pieces as the client sends them (never the whole body at once)."""
+    first, more = await _piece(receive)
+    if not more:
+        return first
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield first
+        more = True
+        while more:
+            piece, more = await _piece(receive)
+            if piece:
+                yield piece
+
+    return pieces()
+
+
+async def _piece(receive: Receive) -> tuple[bytes, bool]:
+    """Body messages up to _PIECE bytes (or the end): (bytes, more to come)."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            parts.append(chunk)
+            size += len(chunk)
+        more = bool(message.get("more_body", False))
+        if not more or size >= _PIECE:
+            return (parts[0] if len(parts) == 1 else b"".join(parts)), more
 
 
 def _target(scope: Scope, prefix: str) -> bytes:
@@ -442,24 +502,37 @@ class PassthroughResponse(Response):
                     "headers": self.raw_headers,
                 }
             )
+            if relayed.length == 0:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
             async with CancelOnDisconnect(receive):
-                await self._pump(relayed.body(), send)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await self._pump(relayed.body(), relayed.length, send)
         except ClientDisconnected:
             pass
         finally:
             self.timing.finish()
             await relayed.aclose()
 
-    async def _pump(self, body: AsyncIterator[bytes], send: Send) -> None:
+    async def _pump(self, body: AsyncIterator[bytes], length: int | None, send: Send) -> None:
+        """Chunks as they arrive; with a known length the last one ends the response (one
+        ASGI message less than an empty closing one)."""
         timing = self.timing
+        remaining = length
         while True:
             started = time.perf_counter()
             try:
                 chunk = await body.__anext__()
             except StopAsyncIteration:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
             finally:
                 timing.add("upstream", started, time.perf_counter())
+            if remaining is not None:
+                remaining -= len(chunk)
+                if remaining <= 0:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                    async for _ in body:  # the end: the connection goes back to the pool
+                        pass
+                    return
             if chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})

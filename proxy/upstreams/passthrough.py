@@ -32,6 +32,7 @@ class RelayedResponse:
     headers: RawHeaders
     response: httpx.Response
     upstream: str
+    length: int | None = None  # the upstream's content-length, when it sent one
     on_end: Callable[[], None] | None = None  # called once, when the relay is over
 
     async def body(self) -> AsyncIterator[bytes]:
@@ -91,7 +92,15 @@ async def relay(
         raise
     response.request = request
     out = relay_headers(response.headers.raw)
-    length = response.headers.get("content-length")
-    if length is not None:
-        out.append((b"content-length", length.encode("latin-1")))
-    return RelayedResponse(response.status_code, out, response, upstream.name)
+    length: int | None = None
+    for name, value in response.headers.raw:
+        if name.lower() == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                break
+            out.append((b"content-length", value))
+            break
+    if method == "HEAD":
+        length = 0  # the length describes the GET's body; a HEAD answer has none
+    return RelayedResponse(response.status_code, out, response, upstream.name, length)
