@@ -173,8 +173,8 @@ class H1Transport(httpx.AsyncBaseTransport):
         key = (scheme, url.host, url.port or (443 if scheme == "https" else 80))
         timeouts: dict[str, Any] = request.extensions.get("timeout", {})
         conn = await self._acquire(key, timeouts)
+        head_done = conn.start()
         try:
-            head_done = conn.start()
             lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), url.raw_path)]
             lines.extend(b"%s: %s\r\n" % (k, v) for k, v in request.headers.raw)
             lines.append(b"\r\n")
@@ -208,6 +208,8 @@ class H1Transport(httpx.AsyncBaseTransport):
                 "timed out waiting for a response",
             )
         except BaseException:
+            if not head_done.done():
+                head_done.cancel()  # nobody will await it: no "exception never retrieved"
             conn.abort()
             self.forget()
             raise
