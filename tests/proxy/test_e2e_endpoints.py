@@ -109,7 +109,7 @@ def test_file_upload_download_list_delete(
 ) -> None:
     base = start_with(start_gateway, double_url, endpoints=PASS_ALL)
     client = sdk(base, wire)
-    data = b'{"prompt": "a", "completion": "b"}\n' * 500 + bytes(range(256))
+    data = b'{"prompt": "a", "completion": "b"}\n' * 30000 + bytes(range(256))  # ~1 MiB
     uploaded = client.files.create(file=("train.jsonl", data), purpose="fine-tune")
     assert uploaded.bytes == len(data)
     assert uploaded.filename == "train.jsonl"
@@ -133,7 +133,7 @@ def test_chunked_upload_without_content_length_is_relayed(
 ) -> None:
     base = start_with(start_gateway, double_url, endpoints=PASS_ALL)
     boundary = "b0undary"
-    payload = bytes(range(256)) * 64
+    payload = bytes(range(256)) * 2400  # 600 KiB: several pieces, each chunk-framed
     body = (
         (
             f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
@@ -287,3 +287,24 @@ def test_endpoint_rules_are_checked_at_load_time(tmp_path: Path) -> None:
     with pytest.raises(ConfigFileError) as caught:
         load_config(path, env={})
     assert "can only be 'deny'" in str(caught.value)
+
+
+def test_streamed_upload_over_the_body_limit_is_a_413(
+    start_gateway: Callable[[GatewayConfig], str], double_url: str
+) -> None:
+    routes = [{"name": "default", "upstream": "double", "policy": "p.yaml", "endpoints": PASS_ALL}]
+    base = start_gateway(make_config(double_url, routes=routes, server={"max_body_bytes": 300_000}))
+
+    def pieces() -> Iterator[bytes]:  # chunked: the limit is found while relaying
+        for _ in range(40):
+            yield b"x" * 10_000
+
+    for content in (b"x" * 400_000, pieces()):
+        response = httpx.post(
+            base + "/v1/files",
+            content=content,
+            headers={"content-type": "multipart/form-data; boundary=b"},
+        )
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "payload_too_large"
+    assert httpx.get(base + "/v1/files").status_code == 200  # the gateway still serves
