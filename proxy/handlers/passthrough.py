@@ -34,7 +34,7 @@ from starlette.types import Receive, Scope, Send
 from guard_engine.policy.compiled import CompiledPolicy
 from guard_engine.types import GuardRequest
 from proxy.config_schema import OpenAIUpstreamConfig
-from proxy.disconnect import CancelOnDisconnect, ClientDisconnected
+from proxy.disconnect import CancelOnDisconnect, ClientDisconnected, until_disconnect
 from proxy.endpoints import CHECKABLE, rule_for
 from proxy.errors import (
     GatewayError,
@@ -54,7 +54,7 @@ from proxy.observability.asgi import STATE_ROUTE, STATE_TENANT, request_start
 from proxy.observability.late_spans import LateSpan, Parent
 from proxy.observability.request_log import STATE_MODERATION, ModerationSummary
 from proxy.observability.timing import RequestTiming
-from proxy.state import GatewayState, get_state
+from proxy.state import get_state
 from proxy.upstreams.openai_upstream import OpenAIUpstream
 from proxy.upstreams.passthrough import RelayedResponse, relay, request_headers, upstream_url
 from proxy.upstreams.reply import RawHeaders
@@ -138,8 +138,7 @@ async def passthrough(request: Request) -> Response:
     if raw is None and _has_body(scope):
         content = await _request_body(request.receive)
     target = _target(scope, prefix)
-    relayed = await _send(
-        state,
+    call = _send(
         upstream,
         upstream_cfg,
         method,
@@ -151,6 +150,12 @@ async def passthrough(request: Request) -> Response:
         model,
         path,
     )
+    if isinstance(content, bytes) or content is None:
+        # The body is in: the client's connection is free to watch for a disconnect while the
+        # upstream works (during a streamed upload, the upload itself notices one).
+        relayed = await until_disconnect(call, request.receive)
+    else:
+        relayed = await call
     extra: RawHeaders = [(ROUTE_HEADER, route.name.encode())]
     if decisions is not None:
         extra.extend(_labelled(decisions, timing.server_timing()))
@@ -424,7 +429,6 @@ def _summary(decisions: Decisions, timing: RequestTiming, model: str | None) -> 
 
 
 async def _send(
-    state: GatewayState,
     upstream: OpenAIUpstream,
     cfg: OpenAIUpstreamConfig,
     method: str,
@@ -436,7 +440,10 @@ async def _send(
     model: str | None,
     path: str,
 ) -> RelayedResponse:
-    """The upstream call in a CLIENT span (its traceparent goes upstream), timed as upstream."""
+    """The upstream call in a CLIENT span (its traceparent goes upstream), timed as upstream.
+
+    With a known length the first body chunk is read too: a small answer is then complete
+    before the response starts, and goes out without a disconnect watcher of its own."""
     headers = request_headers(upstream, client_headers)
     parent = Parent.current() if tracer is not None else None
     span = None
@@ -470,6 +477,14 @@ async def _send(
             after_response(_state(timing), lambda: span.record(annotate))
 
         relayed.on_end = ended
+    if relayed.length:
+        try:
+            await relayed.prefetch()
+        except BaseException:
+            await relayed.aclose()
+            raise
+        finally:
+            timing.add("upstream", started, time.perf_counter())
     return relayed
 
 
@@ -502,22 +517,30 @@ class PassthroughResponse(Response):
                     "headers": self.raw_headers,
                 }
             )
-            if relayed.length == 0:
+            remaining = relayed.length
+            if remaining == 0:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
+            first = relayed.first
+            if first is not None and remaining is not None:
+                remaining -= len(first)
+                if remaining <= 0:  # the whole answer was in the first chunk
+                    await send({"type": "http.response.body", "body": first, "more_body": False})
+                    await _drain(relayed.chunks())
+                    return
+                await send({"type": "http.response.body", "body": first, "more_body": True})
             async with CancelOnDisconnect(receive):
-                await self._pump(relayed.body(), relayed.length, send)
+                await self._pump(relayed.chunks(), remaining, send)
         except ClientDisconnected:
             pass
         finally:
             self.timing.finish()
             await relayed.aclose()
 
-    async def _pump(self, body: AsyncIterator[bytes], length: int | None, send: Send) -> None:
+    async def _pump(self, body: AsyncIterator[bytes], remaining: int | None, send: Send) -> None:
         """Chunks as they arrive; with a known length the last one ends the response (one
         ASGI message less than an empty closing one)."""
         timing = self.timing
-        remaining = length
         while True:
             started = time.perf_counter()
             try:
@@ -531,8 +554,13 @@ class PassthroughResponse(Response):
                 remaining -= len(chunk)
                 if remaining <= 0:
                     await send({"type": "http.response.body", "body": chunk, "more_body": False})
-                    async for _ in body:  # the end: the connection goes back to the pool
-                        pass
+                    await _drain(body)
                     return
             if chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+
+async def _drain(body: AsyncIterator[bytes]) -> None:
+    """Read a complete body's (empty) end, so that its connection goes back to the pool."""
+    async for _ in body:
+        pass
