@@ -11,14 +11,16 @@ boundary of the content-type header the double received.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import struct
+import threading
 import time
 from typing import Any
 
 import orjson
-from starlette.types import Send
+from starlette.types import Message, Send
 
 
 def sha256(data: bytes) -> str:
@@ -60,11 +62,19 @@ def parse_multipart(content_type: str, body: bytes) -> dict[str, dict[str, Any]]
     return parts
 
 
+GATED_FILE = "file-gated"
+
+
 class EndpointsDouble:
-    """State for the endpoints that keep some (uploaded files)."""
+    """State for the endpoints that keep some (uploaded files).
+
+    `GET /v1/files/file-gated/content` sends `b"first part;"`, then waits until a test sets
+    `gate` (at most 10 s), then sends `b"second part"`: a client that reads the first part
+    before setting the gate proves the answer was relayed as it arrived, not buffered."""
 
     def __init__(self) -> None:
         self.files: dict[str, tuple[dict[str, Any], bytes]] = {}
+        self.gate = threading.Event()
 
     async def serve(
         self, method: str, path: str, headers: dict[str, str], body: bytes, send: Send
@@ -103,6 +113,8 @@ class EndpointsDouble:
             data = [obj for obj, _ in self.files.values()]
             listing = {"object": "list", "data": data, "has_more": False}
             await _json(send, 200, listing, digest)
+        elif method == "GET" and path == f"/v1/files/{GATED_FILE}/content":
+            await self._gated(send)
         elif method == "GET" and path.startswith("/v1/files/") and path.endswith("/content"):
             file_id = path.removeprefix("/v1/files/").removesuffix("/content")
             if file_id not in self.files:
@@ -118,6 +130,17 @@ class EndpointsDouble:
         else:
             return False
         return True
+
+    async def _gated(self, send: Send) -> None:
+        start: Message = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/octet-stream")],  # no length: chunked
+        }
+        await send(start)
+        await send({"type": "http.response.body", "body": b"first part;", "more_body": True})
+        await asyncio.to_thread(self.gate.wait, 10)
+        await send({"type": "http.response.body", "body": b"second part", "more_body": False})
 
 
 def _file_bytes(content_type: str, body: bytes) -> bytes:

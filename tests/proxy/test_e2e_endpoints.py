@@ -24,6 +24,7 @@ import pytest
 from guard_engine.errors import ConfigFileError
 from proxy.config import load_config
 from proxy.config_schema import GatewayConfig
+from tests.doubles.endpoints import GATED_FILE
 from tests.doubles.upstream import UpstreamDouble
 from tests.proxy.conftest import make_config
 
@@ -308,3 +309,19 @@ def test_streamed_upload_over_the_body_limit_is_a_413(
         assert response.status_code == 413
         assert response.json()["error"]["code"] == "payload_too_large"
     assert httpx.get(base + "/v1/files").status_code == 200  # the gateway still serves
+
+
+def test_answers_stream_through_as_they_arrive(
+    start_gateway: Callable[[GatewayConfig], str], double_url: str, double: UpstreamDouble
+) -> None:
+    base = start_with(start_gateway, double_url, endpoints=PASS_ALL)
+    double.endpoints.gate.clear()
+    url = base + f"/v1/files/{GATED_FILE}/content"
+    with httpx.stream("GET", url, timeout=30) as response:
+        parts = response.iter_raw()
+        # The upstream holds its second part back until the first one reached this client.
+        first = next(parts)
+        double.endpoints.gate.set()
+        rest = b"".join(parts)
+    assert first == b"first part;"
+    assert rest == b"second part"
