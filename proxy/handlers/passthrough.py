@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from opentelemetry.trace import Span, SpanKind, Tracer
@@ -37,13 +37,16 @@ from proxy.config_schema import OpenAIUpstreamConfig
 from proxy.disconnect import CancelOnDisconnect, ClientDisconnected, until_disconnect
 from proxy.endpoints import CHECKABLE, rule_for
 from proxy.errors import (
+    ContentPolicyViolation,
     GatewayError,
+    GuardUnavailableError,
     InvalidField,
     InvalidJSON,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
 )
+from proxy.forward import ChatCall
 from proxy.moderation.blocks import input_violation
 from proxy.moderation.decide import StageResult, skipped
 from proxy.moderation.headers import Decisions
@@ -54,10 +57,14 @@ from proxy.observability.asgi import STATE_ROUTE, STATE_TENANT, request_start
 from proxy.observability.late_spans import LateSpan, Parent
 from proxy.observability.request_log import STATE_MODERATION, ModerationSummary
 from proxy.observability.timing import RequestTiming
+from proxy.request_body import ChatBody
 from proxy.state import get_state
 from proxy.upstreams.openai_upstream import OpenAIUpstream
 from proxy.upstreams.passthrough import RelayedResponse, relay, request_headers, upstream_url
 from proxy.upstreams.reply import RawHeaders
+
+if TYPE_CHECKING:
+    from proxy.moderation.pipeline import ModerationPipeline
 
 ROUTE_HEADER = b"x-guardline-route"
 UNCHECKED = "unchecked"
@@ -132,7 +139,21 @@ async def passthrough(request: Request) -> Response:
         if data is None:
             _json_object(raw, strict=True)  # raises the 400 naming the problem
         assert data is not None
-        await _check(pipeline, decisions, field, data, timing, tracer, route_header)
+        checked = ChatCall(
+            tenant=tenant,
+            route=route,
+            body=ChatBody(raw, data, model or "", [], False, False),
+            headers=scope["headers"],
+            request_id=scope_state["request_id"],
+            started=timing.start,
+            scope_state=scope_state,
+        )
+        try:
+            await _check(pipeline, decisions, field, data, timing, tracer, route_header)
+        except (ContentPolicyViolation, GuardUnavailableError):
+            pipeline.report(checked, decisions, timing)  # audit, metrics, log: as for chat
+            raise
+        pipeline.report(checked, decisions, timing)
 
     content: bytes | AsyncIterator[bytes] | None = raw
     if raw is None and _has_body(scope):
@@ -159,7 +180,8 @@ async def passthrough(request: Request) -> Response:
     extra: RawHeaders = [(ROUTE_HEADER, route.name.encode())]
     if decisions is not None:
         extra.extend(_labelled(decisions, timing.server_timing()))
-        scope_state[STATE_MODERATION] = _summary(decisions, timing, model)
+        if decisions.input is None:  # checked requests have the pipeline's summary
+            scope_state[STATE_MODERATION] = _summary(decisions, timing, model)
     else:
         extra.append((b"x-guardline-input", UNCHECKED.encode()))
     return PassthroughResponse(relayed, extra, timing)
@@ -312,7 +334,7 @@ def _texts(field: str, data: dict[str, Any]) -> tuple[list[tuple[str, str]], lis
 
 
 async def _check(
-    pipeline: Any,
+    pipeline: ModerationPipeline,
     decisions: Decisions,
     field: str,
     data: dict[str, Any],
