@@ -16,7 +16,8 @@ latency hardly depends on what else the machine is doing.
 
 `--endpoints` measures the other /v1/ endpoints instead (issue 11, the `pass` rule: relayed
 byte for byte, request and answer streamed): concurrency 1 only, chat JSON beside them as
-the reference, an embeddings JSON body and a 64 KiB multipart file upload.
+the reference, an embeddings JSON body and a 64 KiB multipart file upload, taking turns
+block by block.
 
     .venv/bin/python benchmarks/bench_passthrough.py [--requests 4000] [--seconds 4]
     .venv/bin/python benchmarks/bench_passthrough.py --endpoints [--requests 4000]
@@ -269,7 +270,10 @@ def row(name: str, d: list[float], g: list[float], cpu_us: float) -> str:
 
 
 async def bench_endpoints(args: argparse.Namespace, dport: int, gport: int, gpid: int) -> None:
-    """Concurrency 1: chat (reference) and `pass` endpoints, direct vs through the gateway."""
+    """Concurrency 1: chat (reference) and `pass` endpoints, direct vs through the gateway.
+
+    The cases take turns block by block (100 requests direct, 100 through the gateway, next
+    case), so that the machine's noise at any moment hits every case alike."""
     print(f"## concurrency 1, {args.requests} requests per path (ms; endpoints rule `pass`)")
     print(
         "| request | direct p50 | gw p50 | added p50 | direct p90 | gw p90 | added p90 "
@@ -281,11 +285,29 @@ async def bench_endpoints(args: argparse.Namespace, dport: int, gport: int, gpid
         ("embeddings, JSON, pass", "/v1/embeddings", EMBEDDINGS, "application/json"),
         ("files, 64 KiB multipart upload, pass", "/v1/files", UPLOAD, MULTIPART),
     )
-    for name, path, body, ctype in cases:
-        direct = (dport, request_bytes(dport, path, body, ctype))
-        through = (gport, request_bytes(gport, path, body, ctype))
-        d, g, cpu = await concurrency_one(direct, through, args.requests, gpid)
-        print(row(name, d, g, cpu), flush=True)
+    raw = [
+        (request_bytes(dport, path, body, ctype), request_bytes(gport, path, body, ctype))
+        for _, path, body, ctype in cases
+    ]
+    conns = [(await Conn.open(dport), await Conn.open(gport)) for _ in cases]
+    for (dreq, greq), (dconn, gconn) in zip(raw, conns, strict=True):  # warm-up
+        await sequential(dport, dreq, 200, dconn)
+        await sequential(gport, greq, 200, gconn)
+    direct: list[list[float]] = [[] for _ in cases]
+    through: list[list[float]] = [[] for _ in cases]
+    cpu = [0.0 for _ in cases]
+    block = 100
+    for _ in range(args.requests // block):
+        for k, ((dreq, greq), (dconn, gconn)) in enumerate(zip(raw, conns, strict=True)):
+            direct[k] += await sequential(dport, dreq, block, dconn)
+            before = cpu_seconds(gpid)
+            through[k] += await sequential(gport, greq, block, gconn)
+            cpu[k] += cpu_seconds(gpid) - before
+    for dconn, gconn in conns:
+        dconn.close()
+        gconn.close()
+    for k, (name, *_) in enumerate(cases):
+        print(row(name, direct[k], through[k], cpu[k] / len(through[k]) * 1e6), flush=True)
 
 
 async def bench(args: argparse.Namespace, dport: int, gport: int, gpid: int) -> None:
