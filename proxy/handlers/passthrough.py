@@ -82,6 +82,8 @@ async def passthrough(request: Request) -> Response:
     scope = request.scope
     method: str = scope["method"]
     _explicit_route_method(request)
+    if method == "HEAD":  # no OpenAI endpoint answers HEAD, and its answer has no body to relay
+        raise MethodNotAllowed(f"Method HEAD is not allowed for {scope['path']}.")
     state = get_state(request)
     tenant = state.authenticator.authenticate(request.headers.get("authorization"))
     scope_state = scope["state"]

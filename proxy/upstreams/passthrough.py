@@ -122,6 +122,4 @@ async def relay(
                 break
             out.append((b"content-length", value))
             break
-    if method == "HEAD":
-        length = 0  # the length describes the GET's body; a HEAD answer has none
     return RelayedResponse(response.status_code, out, response, upstream.name, length)

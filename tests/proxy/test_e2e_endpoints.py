@@ -259,6 +259,7 @@ def test_explicit_endpoints_keep_405_and_unknown_prefixes_404(gateway: str) -> N
     assert httpx.post(gateway + "/v1/models").status_code == 405
     assert httpx.get(gateway + "/v1/models").status_code == 200
     assert httpx.get(gateway + "/other/v1/files").status_code == 404
+    assert httpx.head(gateway + "/v1/files").status_code == 405
 
 
 def test_endpoint_rules_are_checked_at_load_time(tmp_path: Path) -> None:
