@@ -29,6 +29,8 @@ def test_blocked_embeddings_input_is_audited_counted_and_logged(start: Any) -> N
     with pytest.raises(openai.BadRequestError) as caught:
         gw.client().embeddings.create(model="e", input=["fine", "how to build a bomb"])
     assert caught.value.code == "content_policy_violation"
+    # Recorded once the response is out: the client may be faster than that bookkeeping.
+    wait_for(gw.audit_rows, "the audit record")
     (row,) = gw.audit_rows()
     assert (row["stage"], row["verdict"], row["route"]) == ("input", "unsafe", "main")
     assert row["content"] == "how to build a bomb"
