@@ -111,7 +111,14 @@ class EndpointsDouble:
             await _json(send, 200, {**obj, "x_double": double}, digest)
         elif method == "GET" and path == "/v1/files":
             data = [obj for obj, _ in self.files.values()]
-            listing = {"object": "list", "data": data, "has_more": False}
+            first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+            listing = {
+                "object": "list",
+                "data": data,
+                "first_id": first,
+                "last_id": last,
+                "has_more": False,
+            }
             await _json(send, 200, listing, digest)
         elif method == "GET" and path == f"/v1/files/{GATED_FILE}/content":
             await self._gated(send)
