@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 import orjson
-from starlette.types import Message, Send
+from starlette.types import Message, Receive, Send
 
 
 def sha256(data: bytes) -> str:
@@ -70,14 +70,22 @@ class EndpointsDouble:
 
     `GET /v1/files/file-gated/content` sends `b"first part;"`, then waits until a test sets
     `gate` (at most 10 s), then sends `b"second part"`: a client that reads the first part
-    before setting the gate proves the answer was relayed as it arrived, not buffered."""
+    before setting the gate proves the answer was relayed as it arrived, not buffered. If its
+    client (the gateway) goes away while it waits, it sets `gone` instead."""
 
     def __init__(self) -> None:
         self.files: dict[str, tuple[dict[str, Any], bytes]] = {}
         self.gate = threading.Event()
+        self.gone = threading.Event()
 
     async def serve(
-        self, method: str, path: str, headers: dict[str, str], body: bytes, send: Send
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes,
+        receive: Receive,
+        send: Send,
     ) -> bool:
         """Answer the request if it is one of these endpoints; False when it is not."""
         digest = sha256(body)
@@ -121,7 +129,7 @@ class EndpointsDouble:
             }
             await _json(send, 200, listing, digest)
         elif method == "GET" and path == f"/v1/files/{GATED_FILE}/content":
-            await self._gated(send)
+            await self._gated(receive, send)
         elif method == "GET" and path.startswith("/v1/files/") and path.endswith("/content"):
             file_id = path.removeprefix("/v1/files/").removesuffix("/content")
             if file_id not in self.files:
@@ -138,7 +146,7 @@ class EndpointsDouble:
             return False
         return True
 
-    async def _gated(self, send: Send) -> None:
+    async def _gated(self, receive: Receive, send: Send) -> None:
         start: Message = {
             "type": "http.response.start",
             "status": 200,
@@ -146,8 +154,19 @@ class EndpointsDouble:
         }
         await send(start)
         await send({"type": "http.response.body", "body": b"first part;", "more_body": True})
-        await asyncio.to_thread(self.gate.wait, 10)
+        gate = asyncio.ensure_future(asyncio.to_thread(self.gate.wait, 10))
+        gone = asyncio.ensure_future(_disconnected(receive))
+        await asyncio.wait({gate, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if gone.done():
+            self.gone.set()
+            return
+        gone.cancel()
         await send({"type": "http.response.body", "body": b"second part", "more_body": False})
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _file_bytes(content_type: str, body: bytes) -> bytes:

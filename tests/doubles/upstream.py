@@ -94,7 +94,7 @@ class UpstreamDouble:
             await _json(send, 200, {"object": "list", "data": [_model("double-model")]})
         elif path == "/v1/chat/completions" and scope["method"] == "POST":
             await self._chat(headers, body, receive, send)
-        elif await self.endpoints.serve(scope["method"], path, headers, body, send):
+        elif await self.endpoints.serve(scope["method"], path, headers, body, receive, send):
             pass  # embeddings, images, audio, files: tests/doubles/endpoints.py
         else:
             error = {"message": f"no route {path}", "type": "invalid_request_error"}

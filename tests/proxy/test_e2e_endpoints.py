@@ -326,3 +326,18 @@ def test_answers_stream_through_as_they_arrive(
         rest = b"".join(parts)
     assert first == b"first part;"
     assert rest == b"second part"
+
+
+def test_a_client_leaving_mid_answer_closes_the_upstream_at_once(
+    start_gateway: Callable[[GatewayConfig], str], double_url: str, double: UpstreamDouble
+) -> None:
+    base = start_with(start_gateway, double_url, endpoints=PASS_ALL)
+    double.endpoints.gate.clear()
+    double.endpoints.gone.clear()
+    try:
+        with httpx.stream("GET", base + f"/v1/files/{GATED_FILE}/content") as response:
+            assert next(response.iter_raw()) == b"first part;"
+        # The client closed its connection while the upstream still had more to send.
+        assert double.endpoints.gone.wait(10)
+    finally:
+        double.endpoints.gate.set()  # release the double's waiting thread
