@@ -63,6 +63,7 @@ def parse_multipart(content_type: str, body: bytes) -> dict[str, dict[str, Any]]
 
 
 GATED_FILE = "file-gated"
+STREAMED_UPLOAD = "/v1/uploads/upload_streamed/parts"
 
 
 class EndpointsDouble:
@@ -77,6 +78,29 @@ class EndpointsDouble:
         self.files: dict[str, tuple[dict[str, Any], bytes]] = {}
         self.gate = threading.Event()
         self.gone = threading.Event()
+        # STREAMED_UPLOAD: set once 256 KiB of the request body have arrived (before its end).
+        self.first_piece = threading.Event()
+
+    async def streamed_upload(self, receive: Receive, send: Send) -> None:
+        """`POST STREAMED_UPLOAD`, read as it arrives (the rest of the double reads whole
+        bodies first): answers the body's length and sha256 (an upload part's bytes)."""
+        digest = hashlib.sha256()
+        size = 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            digest.update(chunk)
+            size += len(chunk)
+            if size >= 256 * 1024:
+                self.first_piece.set()
+            if not message.get("more_body"):
+                break
+        answer = {
+            "object": "upload.part",
+            "bytes": size,
+            "x_double": {"sha256": digest.hexdigest()},
+        }
+        await _json(send, 200, answer, digest.hexdigest())
 
     async def serve(
         self,

@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 from starlette.types import Message, Receive, Scope, Send
 
-from tests.doubles.endpoints import EndpointsDouble
+from tests.doubles.endpoints import STREAMED_UPLOAD, EndpointsDouble
 
 
 class DoubleDied(Exception):
@@ -76,6 +76,9 @@ class UpstreamDouble:
             await send({"type": "lifespan.shutdown.complete"})
             return
         assert scope["type"] == "http"
+        if scope["path"] == STREAMED_UPLOAD:  # read as it arrives: tests/doubles/endpoints.py
+            await self.endpoints.streamed_upload(receive, send)
+            return
         body = b""
         while True:
             message = await receive()

@@ -24,7 +24,7 @@ import pytest
 from guard_engine.errors import ConfigFileError
 from proxy.config import load_config
 from proxy.config_schema import GatewayConfig
-from tests.doubles.endpoints import GATED_FILE
+from tests.doubles.endpoints import GATED_FILE, STREAMED_UPLOAD
 from tests.doubles.upstream import UpstreamDouble
 from tests.proxy.conftest import make_config
 
@@ -341,3 +341,29 @@ def test_a_client_leaving_mid_answer_closes_the_upstream_at_once(
         assert double.endpoints.gone.wait(10)
     finally:
         double.endpoints.gate.set()  # release the double's waiting thread
+
+
+def test_an_upload_streams_to_the_upstream_as_it_arrives(
+    start_gateway: Callable[[GatewayConfig], str], double_url: str, double: UpstreamDouble
+) -> None:
+    base = start_with(start_gateway, double_url, endpoints={"/v1/uploads/*": "pass"})
+    double.endpoints.first_piece.clear()
+    first, second = b"a" * 300_000, b"b" * 300_000
+    seen_before_the_rest: list[bool] = []
+
+    def pieces() -> Iterator[bytes]:
+        yield first
+        # The upstream has the first 256 KiB while the client has not sent the rest.
+        seen_before_the_rest.append(double.endpoints.first_piece.wait(10))
+        yield second
+
+    response = httpx.post(
+        base + STREAMED_UPLOAD,
+        content=pieces(),
+        headers={"content-type": "application/octet-stream"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    assert seen_before_the_rest == [True]
+    assert response.json()["bytes"] == len(first) + len(second)
+    assert response.json()["x_double"]["sha256"] == sha256(first + second)
