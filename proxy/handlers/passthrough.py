@@ -151,7 +151,7 @@ async def passthrough(request: Request) -> Response:
             scope_state=scope_state,
         )
         try:
-            await _check(pipeline, decisions, field, data, timing, tracer, route_header)
+            await _check(pipeline, checked, decisions, field, data, timing, tracer, route_header)
         except (ContentPolicyViolation, GuardUnavailableError):
             pipeline.report(checked, decisions, timing)  # audit, metrics, log: as for chat
             raise
@@ -337,6 +337,7 @@ def _texts(field: str, data: dict[str, Any]) -> tuple[list[tuple[str, str]], lis
 
 async def _check(
     pipeline: ModerationPipeline,
+    call: ChatCall,
     decisions: Decisions,
     field: str,
     data: dict[str, Any],
@@ -381,6 +382,9 @@ async def _check(
         exc.headers.update(_dict(_labelled(decisions, timing.server_timing())))
         exc.headers.update(route_header)
         raise
+    for result in results:  # a shadow policy judges the same texts, as for chat
+        if result.request is not None:
+            pipeline.shadows.run(call, policy, result.request, result)
     decisions.input = _combined(results)
     if decisions.input.flagged:
         timing.finish()

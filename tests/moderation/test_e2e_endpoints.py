@@ -4,6 +4,7 @@ The official openai client, the upstream double and the guard double, all real s
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -138,3 +139,18 @@ def test_pass_relays_audio_unchecked_and_deny_refuses(
     with pytest.raises(openai.PermissionDeniedError):  # not named: the safe default
         client.files.list()
     assert guard.requests == []
+
+
+def test_a_shadow_policy_judges_the_checked_input_too(gateway: Gateway) -> None:
+    gateway.policy("candidate")
+    start(gateway, shadow="candidate.yaml")
+    gateway.client().embeddings.create(model="e", input="a quiet river")
+
+    def compared() -> int:
+        shadow = httpx.get(f"{gateway.url}/readyz").json()["checks"].get("shadow", {})
+        return sum(c["compared"] for key, c in shadow.items() if key.endswith(":input"))
+
+    deadline = time.monotonic() + 10
+    while compared() < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert compared() == 1
