@@ -14,7 +14,7 @@ the body), then the route's rule for the path (`proxy.endpoints`):
            content_policy_violation, otherwise the same bytes are relayed
 
 Answers of these endpoints are never moderated: `x-guardline-output: unchecked`.
-A path that an explicit route serves with another method is a 405, as before.
+A path that an explicit route serves with another method is a 405, as before; so is HEAD.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ async def passthrough(request: Request) -> Response:
     if decisions is not None:
         extra.extend(_labelled(decisions, timing.server_timing()))
         if decisions.input is None:  # checked requests have the pipeline's summary
-            scope_state[STATE_MODERATION] = _summary(decisions, timing, model)
+            scope_state[STATE_MODERATION] = _unchecked_summary(decisions.policy, timing)
     else:
         extra.append((b"x-guardline-input", UNCHECKED.encode()))
     return PassthroughResponse(relayed, extra, timing)
@@ -437,18 +437,17 @@ def _dict(headers: RawHeaders) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in headers}
 
 
-def _summary(decisions: Decisions, timing: RequestTiming, model: str | None) -> ModerationSummary:
-    stage = decisions.input
+def _unchecked_summary(policy: CompiledPolicy, timing: RequestTiming) -> ModerationSummary:
+    """The request log's moderation fields for a `pass` request (a checked one reports its
+    decision through the pipeline instead)."""
     return ModerationSummary(
-        policy=decisions.policy.ref,
-        input=stage.status if stage is not None else UNCHECKED,
+        policy=policy.ref,
+        input=UNCHECKED,
         output=UNCHECKED,
-        categories=stage.categories if stage is not None else (),
-        degraded=(f"input:{stage.degraded_reason}",)
-        if stage is not None and stage.degraded_reason
-        else (),
+        categories=(),
+        degraded=(),
         stream=False,
-        model=model or "",
+        model="",
         timing=timing,
     )
 
