@@ -367,3 +367,18 @@ def test_an_upload_streams_to_the_upstream_as_it_arrives(
     assert seen_before_the_rest == [True]
     assert response.json()["bytes"] == len(first) + len(second)
     assert response.json()["x_double"]["sha256"] == sha256(first + second)
+
+
+def test_a_litellm_route_serves_chat_only(start_gateway: Callable[[GatewayConfig], str]) -> None:
+    config = GatewayConfig.model_validate(
+        {
+            "upstreams": {"ll": {"type": "litellm", "model": "anthropic/claude-x"}},
+            "routes": [{"name": "ll", "upstream": "ll", "policy": "p.yaml"}],
+        }
+    )
+    base = start_gateway(config)
+    response = httpx.post(base + "/v1/embeddings", json={"model": "e", "input": "hi"})
+    assert response.status_code == 404  # checkable by default, but nobody to relay it to
+    assert response.json()["error"]["code"] == "not_found"
+    assert response.headers["x-guardline-route"] == "ll"
+    assert httpx.get(base + "/v1/files").status_code == 403  # denied by default
