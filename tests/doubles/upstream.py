@@ -43,6 +43,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    target: bytes = b""  # the raw path and query string, as they arrived
 
     def json(self) -> Any:
         return orjson.loads(self.body)
@@ -86,7 +87,9 @@ class UpstreamDouble:
             if not message.get("more_body"):
                 break
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        self.received.append(Received(scope["method"], scope["path"], headers, body))
+        query = scope.get("query_string", b"")
+        target = scope.get("raw_path", b"") + (b"?" + query if query else b"")
+        self.received.append(Received(scope["method"], scope["path"], headers, body, target))
         path = scope["path"]
         if path == "/v1/models" and scope["method"] == "GET":
             status = int(headers.get("x-double-status", "200"))

@@ -382,3 +382,27 @@ def test_a_litellm_route_serves_chat_only(start_gateway: Callable[[GatewayConfig
     assert response.json()["error"]["code"] == "not_found"
     assert response.headers["x-guardline-route"] == "ll"
     assert httpx.get(base + "/v1/files").status_code == 403  # denied by default
+
+
+def test_path_and_query_arrive_as_the_client_wrote_them(
+    start_gateway: Callable[[GatewayConfig], str], double_url: str, double: UpstreamDouble
+) -> None:
+    config = make_config(
+        double_url,
+        routes=[
+            {
+                "name": "kids",
+                "path_prefix": "/kids",
+                "upstream": "double",
+                "policy": "p.yaml",
+                "endpoints": {"*": "pass"},
+            }
+        ],
+    )
+    base = start_gateway(config)
+    target = "/v1/vector_stores/vs%2F1/files?limit=2&after=file%20a&order=desc"
+    response = httpx.get(base + "/kids" + target)
+    assert response.status_code == 404  # the double's own answer, relayed
+    assert response.json()["error"]["message"] == "no route /v1/vector_stores/vs/1/files"
+    assert double.last().target == target.encode()
+    assert double.last().method == "GET"
