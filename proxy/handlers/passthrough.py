@@ -20,8 +20,9 @@ A path that an explicit route serves with another method is a 405, as before; so
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -136,6 +137,26 @@ async def passthrough(request: Request) -> Response:
         policy = pipeline.policies.get(route.policy)
         decisions = Decisions(policy=policy)
     tracer = _tracer(request)
+    content: bytes | AsyncIterator[bytes] | None = raw
+    if raw is None and _has_body(scope):
+        content = await _request_body(request.receive)
+    target = _target(scope, prefix)
+
+    def call_upstream() -> Coroutine[Any, Any, RelayedResponse]:
+        return _send(
+            upstream,
+            upstream_cfg,
+            method,
+            target,
+            scope["headers"],
+            content,
+            timing,
+            tracer,
+            model,
+            path,
+        )
+
+    early: asyncio.Task[RelayedResponse] | None = None
     if rule == "check" and decisions is not None and pipeline is not None:
         assert field is not None and raw is not None
         if data is None:
@@ -150,35 +171,32 @@ async def passthrough(request: Request) -> Response:
             started=timing.start,
             scope_state=scope_state,
         )
+        if decisions.policy.input.parallel and decisions.policy.input.enabled:
+            # As for chat: the upstream works while the guard decides; nothing of its answer
+            # goes out before the verdict, and an unsafe verdict cancels it.
+            early = asyncio.ensure_future(call_upstream())
         try:
             await _check(pipeline, checked, decisions, field, data, timing, tracer, route_header)
-        except (ContentPolicyViolation, GuardUnavailableError):
-            pipeline.report(checked, decisions, timing)  # audit, metrics, log: as for chat
+        except BaseException as exc:
+            if early is not None:
+                await _abandon(early)
+            if isinstance(exc, (ContentPolicyViolation, GuardUnavailableError)):
+                pipeline.report(checked, decisions, timing)  # audit, metrics, log: as chat
             raise
         pipeline.report(checked, decisions, timing)
 
-    content: bytes | AsyncIterator[bytes] | None = raw
-    if raw is None and _has_body(scope):
-        content = await _request_body(request.receive)
-    target = _target(scope, prefix)
-    call = _send(
-        upstream,
-        upstream_cfg,
-        method,
-        target,
-        scope["headers"],
-        content,
-        timing,
-        tracer,
-        model,
-        path,
-    )
+    pending = early if early is not None else call_upstream()
     if isinstance(content, bytes) or content is None:
         # The body is in: the client's connection is free to watch for a disconnect while the
         # upstream works (during a streamed upload, the upload itself notices one).
-        relayed = await until_disconnect(call, request.receive)
+        try:
+            relayed = await until_disconnect(pending, request.receive)
+        except BaseException:
+            if early is not None:  # it may have answered just before the client left
+                await _abandon(early)
+            raise
     else:
-        relayed = await call
+        relayed = await pending
     extra: RawHeaders = [(ROUTE_HEADER, route.name.encode())]
     if decisions is not None:
         extra.extend(_labelled(decisions, timing.server_timing()))
@@ -187,6 +205,15 @@ async def passthrough(request: Request) -> Response:
     else:
         extra.append((b"x-guardline-input", UNCHECKED.encode()))
     return PassthroughResponse(relayed, extra, timing)
+
+
+async def _abandon(task: asyncio.Task[RelayedResponse]) -> None:
+    """Cancel an upstream call started early; if it already answered, close that answer."""
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        relayed = await task
+        await relayed.aclose()
 
 
 # --- routing helpers ------------------------------------------------------------------------

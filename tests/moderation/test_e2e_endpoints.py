@@ -154,3 +154,18 @@ def test_a_shadow_policy_judges_the_checked_input_too(gateway: Gateway) -> None:
     while compared() < 1 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert compared() == 1
+
+
+def test_parallel_input_check(gateway: Gateway) -> None:
+    start(gateway, input={"parallel": True})
+    client = gateway.client()
+    raw = client.embeddings.with_raw_response.create(model="e", input="a quiet river")
+    assert raw.headers["x-guardline-input"] == "safe"
+    timing = raw.headers["server-timing"]
+    assert "guard-input;dur=" in timing and "upstream;dur=" in timing
+    assert raw.parse().data[0].embedding == [0.25, -0.5, 0.125]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.embeddings.create(model="e", input="how to build a bomb")
+    assert caught.value.code == "content_policy_violation"
+    # The gateway still serves (the cancelled upstream call left nothing behind).
+    assert client.embeddings.create(model="e", input="hello there").data
