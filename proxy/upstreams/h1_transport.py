@@ -2,8 +2,9 @@
 
 httpx's default transport (httpcore over anyio and h11) costs several hundred microseconds of
 CPU per request on the gateway's small machines, more than everything else the passthrough
-does together. The gateway sends one kind of request (a POST with a known body to a fixed
-upstream), so this transport does only that, directly on `asyncio.Protocol` with the
+does together. The gateway sends plain requests to fixed upstreams (chat: a POST with a known
+body; the passthrough endpoints: any method, bodies also streamed, chunked without a
+length), so this transport does only that, directly on `asyncio.Protocol` with the
 `httptools` response parser, and stays behind httpx's public transport interface: the
 client, its timeouts and the exceptions it raises are httpx's own, and tests can still swap
 in `httpx.MockTransport`.
