@@ -14,7 +14,13 @@ the client's own cost is small and identical for both paths):
 Also reported: the gateway process's CPU time per request (from /proc), which unlike
 latency hardly depends on what else the machine is doing.
 
+`--endpoints` measures the other /v1/ endpoints instead (issue 11, the `pass` rule: relayed
+byte for byte, request and answer streamed): concurrency 1 only, chat JSON beside them as
+the reference, an embeddings JSON body and a 64 KiB multipart file upload, taking turns
+block by block.
+
     .venv/bin/python benchmarks/bench_passthrough.py [--requests 4000] [--seconds 4]
+    .venv/bin/python benchmarks/bench_passthrough.py --endpoints [--requests 4000]
 """
 
 from __future__ import annotations
@@ -47,6 +53,20 @@ CHAT = orjson.dumps(
     }
 )
 CHAT_STREAM = orjson.dumps({**orjson.loads(CHAT), "stream": True})
+EMBEDDINGS = orjson.dumps(
+    {"model": "text-embedding-3-small", "input": "Write one short sentence about foxes."}
+)
+BOUNDARY = "guardlinebench0123456789"
+UPLOAD = (
+    (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="batch.jsonl"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    + bytes(range(256)) * 256
+    + f"\r\n--{BOUNDARY}--\r\n".encode()
+)
+MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
 
 
 def free_port() -> int:
@@ -56,10 +76,12 @@ def free_port() -> int:
     return port
 
 
-def request_bytes(port: int, path: str, body: bytes) -> bytes:
+def request_bytes(
+    port: int, path: str, body: bytes, content_type: str = "application/json"
+) -> bytes:
     head = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        "Content-Type: application/json\r\nAuthorization: Bearer sk-bench\r\n"
+        f"Content-Type: {content_type}\r\nAuthorization: Bearer sk-bench\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
@@ -196,7 +218,8 @@ def processes(chunks: int) -> Iterator[tuple[int, int, int]]:
             "upstreams:\n"
             f"  double: {{type: openai, base_url: 'http://127.0.0.1:{dport}/v1'}}\n"
             "routes:\n"
-            f"  - {{name: default, upstream: double, policy: '{ROOT}/policies/default.yaml'}}\n"
+            f"  - {{name: default, upstream: double, policy: '{ROOT}/policies/default.yaml',\n"
+            "      endpoints: {'*': pass}}\n"
             "logging: {level: warning}\n"
             f"audit: {{path: '{tmp}/audit.sqlite3'}}\n"
         )
@@ -244,6 +267,47 @@ def row(name: str, d: list[float], g: list[float], cpu_us: float) -> str:
     for q in (0.5, 0.9, 0.99):
         cells += [pct(d, q), pct(g, q), pct(g, q) - pct(d, q)]
     return f"| {name} | " + " | ".join(f"{c:.3f}" for c in cells) + f" | {cpu_us:.0f} |"
+
+
+async def bench_endpoints(args: argparse.Namespace, dport: int, gport: int, gpid: int) -> None:
+    """Concurrency 1: chat (reference) and `pass` endpoints, direct vs through the gateway.
+
+    The cases take turns block by block (100 requests direct, 100 through the gateway, next
+    case), so that the machine's noise at any moment hits every case alike."""
+    print(f"## concurrency 1, {args.requests} requests per path (ms; endpoints rule `pass`)")
+    print(
+        "| request | direct p50 | gw p50 | added p50 | direct p90 | gw p90 | added p90 "
+        "| direct p99 | gw p99 | added p99 | gw CPU µs/req |"
+    )
+    print("|---|" + "---:|" * 11)
+    cases = (
+        ("chat, JSON (reference)", "/v1/chat/completions", CHAT, "application/json"),
+        ("embeddings, JSON, pass", "/v1/embeddings", EMBEDDINGS, "application/json"),
+        ("files, 64 KiB multipart upload, pass", "/v1/files", UPLOAD, MULTIPART),
+    )
+    raw = [
+        (request_bytes(dport, path, body, ctype), request_bytes(gport, path, body, ctype))
+        for _, path, body, ctype in cases
+    ]
+    conns = [(await Conn.open(dport), await Conn.open(gport)) for _ in cases]
+    for (dreq, greq), (dconn, gconn) in zip(raw, conns, strict=True):  # warm-up
+        await sequential(dport, dreq, 200, dconn)
+        await sequential(gport, greq, 200, gconn)
+    direct: list[list[float]] = [[] for _ in cases]
+    through: list[list[float]] = [[] for _ in cases]
+    cpu = [0.0 for _ in cases]
+    block = 100
+    for _ in range(args.requests // block):
+        for k, ((dreq, greq), (dconn, gconn)) in enumerate(zip(raw, conns, strict=True)):
+            direct[k] += await sequential(dport, dreq, block, dconn)
+            before = cpu_seconds(gpid)
+            through[k] += await sequential(gport, greq, block, gconn)
+            cpu[k] += cpu_seconds(gpid) - before
+    for dconn, gconn in conns:
+        dconn.close()
+        gconn.close()
+    for k, (name, *_) in enumerate(cases):
+        print(row(name, direct[k], through[k], cpu[k] / len(through[k]) * 1e6), flush=True)
 
 
 async def bench(args: argparse.Namespace, dport: int, gport: int, gpid: int) -> None:
@@ -305,6 +369,9 @@ def main() -> None:
     parser.add_argument(
         "--rates", type=float, nargs="+", default=[100, 200, 400, 600, 800, 1000, 1200, 1500, 2000]
     )
+    parser.add_argument(
+        "--endpoints", action="store_true", help="the other /v1/ endpoints (pass), conc. 1"
+    )
     parser.add_argument("--run-gateway", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -314,7 +381,8 @@ def main() -> None:
     import uvloop
 
     with processes(args.chunks) as (dport, gport, gpid):
-        uvloop.run(bench(args, dport, gport, gpid))
+        run = bench_endpoints if args.endpoints else bench
+        uvloop.run(run(args, dport, gport, gpid))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from proxy.handlers.chat import chat_completions
 from proxy.handlers.health import healthz, readyz
 from proxy.handlers.models import list_models
 from proxy.handlers.moderations import create_moderation
+from proxy.handlers.passthrough import passthrough
 from proxy.middleware import GatewayMiddleware
 from proxy.routing import Router
 from proxy.state import GatewayState, ReadinessProbe
@@ -129,6 +130,9 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     )
 
 
+_ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]  # (HEAD comes with GET)
+
+
 def _routes(config: GatewayConfig) -> list[BaseRoute]:
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
@@ -139,6 +143,9 @@ def _routes(config: GatewayConfig) -> list[BaseRoute]:
         routes.append(Route(f"{prefix}/v1/chat/completions", chat_completions, methods=["POST"]))
         routes.append(Route(f"{prefix}/v1/models", list_models, methods=["GET"]))
         routes.append(Route(f"{prefix}/v1/moderations", create_moderation, methods=["POST"]))
+    # Every other /v1/ endpoint, after all explicit routes: relayed by the route's endpoint rule.
+    for prefix in prefixes:
+        routes.append(Route(f"{prefix}/v1/{{path:path}}", passthrough, methods=_ANY_METHOD))
     return routes
 
 

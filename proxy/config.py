@@ -82,6 +82,13 @@ class _Checker:
         prefix = route.path_prefix.rstrip("/")
         if prefix and not prefix.startswith("/"):
             raise self.fail((*here, "path_prefix"), "must start with '/'")
+        upstream = config.upstreams[route.upstream]
+        if upstream.type != "openai" and any(r != "deny" for r in (route.endpoints or {}).values()):
+            raise self.fail(
+                (*here, "endpoints"),
+                f"upstream '{route.upstream}' is {upstream.type}: it serves chat only, "
+                "so other endpoints can only be 'deny'",
+            )
         policy = _resolve(base, route.policy)
         if not policy.is_file():
             raise self.fail((*here, "policy"), f"policy file not found: {policy}")

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from proxy.client_headers import check_forward_header
+from proxy.endpoints import EndpointRule, pattern_error
 
 
 class Strict(BaseModel):
@@ -113,6 +114,19 @@ class RouteConfig(Strict):
     @classmethod
     def _header_names(cls, value: list[str]) -> list[str]:
         return [check_forward_header(entry) for entry in value]
+    # Other /v1/ endpoints: path pattern -> check | pass | deny (proxy.endpoints); None: defaults.
+    endpoints: dict[str, EndpointRule] | None = None
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoint_patterns(
+        cls, value: dict[str, EndpointRule] | None
+    ) -> dict[str, EndpointRule] | None:
+        for pattern, rule in (value or {}).items():
+            error = pattern_error(pattern, rule)
+            if error is not None:
+                raise ValueError(error)
+        return value
 
 
 class TracingConfig(Strict):

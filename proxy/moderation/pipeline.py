@@ -383,6 +383,11 @@ class ModerationPipeline:
         if self._on_finished is not None:
             self._on_finished(call, decisions, timing, outcome)
 
+    def report(self, call: ChatCall, decisions: Decisions, timing: RequestTiming) -> None:
+        """A decision made beside the pipeline (a passthrough endpoint's `check`): reported
+        like the pipeline's own (audit record, metrics, the request log's summary)."""
+        self._finished(call, decisions, timing, None)
+
 
 class CancelledAtShutdown(GuardError):
     """A background guard check the gateway cancelled at its shutdown deadline."""

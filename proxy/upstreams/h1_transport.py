@@ -2,8 +2,9 @@
 
 httpx's default transport (httpcore over anyio and h11) costs several hundred microseconds of
 CPU per request on the gateway's small machines, more than everything else the passthrough
-does together. The gateway sends one kind of request (a POST with a known body to a fixed
-upstream), so this transport does only that, directly on `asyncio.Protocol` with the
+does together. The gateway sends plain requests to fixed upstreams (chat: a POST with a known
+body; the passthrough endpoints: any method, bodies also streamed, chunked without a
+length), so this transport does only that, directly on `asyncio.Protocol` with the
 `httptools` response parser, and stays behind httpx's public transport interface: the
 client, its timeouts and the exceptions it raises are httpx's own, and tests can still swap
 in `httpx.MockTransport`.
@@ -173,8 +174,8 @@ class H1Transport(httpx.AsyncBaseTransport):
         key = (scheme, url.host, url.port or (443 if scheme == "https" else 80))
         timeouts: dict[str, Any] = request.extensions.get("timeout", {})
         conn = await self._acquire(key, timeouts)
+        head_done = conn.start()
         try:
-            head_done = conn.start()
             lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), url.raw_path)]
             lines.extend(b"%s: %s\r\n" % (k, v) for k, v in request.headers.raw)
             lines.append(b"\r\n")
@@ -185,10 +186,19 @@ class H1Transport(httpx.AsyncBaseTransport):
                 lines.append(request.content)
                 conn.transport.write(b"".join(lines))
             except httpx.RequestNotRead:
+                # A streamed body (the passthrough endpoints' uploads): written as it comes,
+                # in chunked framing when it has no Content-Length (httpx then asks for it).
                 conn.transport.write(b"".join(lines))
+                chunked = request.headers.get("transfer-encoding", "").lower() == "chunked"
                 async for part in request.stream:  # type: ignore[union-attr]
+                    if chunked:
+                        if not part:
+                            continue  # an empty chunk would end the body
+                        part = b"%x\r\n%b\r\n" % (len(part), part)
                     conn.transport.write(part)
                     await conn.drain(timeouts.get("write"))
+                if chunked:
+                    conn.transport.write(b"0\r\n\r\n")
             await conn.drain(timeouts.get("write"))
             if conn.closed and not head_done.done():
                 raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
@@ -199,6 +209,8 @@ class H1Transport(httpx.AsyncBaseTransport):
                 "timed out waiting for a response",
             )
         except BaseException:
+            if not head_done.done():
+                head_done.cancel()  # nobody will await it: no "exception never retrieved"
             conn.abort()
             self.forget()
             raise

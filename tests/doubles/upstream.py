@@ -33,6 +33,8 @@ records what it received and which clients went away. Request headers steer it:
                                   it), sent in two network chunks split inside that value, and
                                   the stream ends there (no [DONE])
 
+Embeddings, image generation, audio transcription, files: `tests/doubles/endpoints.py`.
+
 Every answer carries a vendor field (`x_double`) and a vendor header (`x-double-served`) so
 tests can check that unknown fields pass through the gateway in both directions.
 """
@@ -49,6 +51,8 @@ from typing import Any
 import orjson
 from starlette.types import Message, Receive, Scope, Send
 
+from tests.doubles.endpoints import STREAMED_UPLOAD, EndpointsDouble
+
 
 class DoubleDied(Exception):
     """Raised inside the ASGI app to make the server drop the connection mid-stream."""
@@ -60,6 +64,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    target: bytes = b""  # the raw path and query string, as they arrived
 
     def json(self) -> Any:
         return orjson.loads(self.body)
@@ -71,6 +76,7 @@ class UpstreamDouble:
 
     received: list[Received] = field(default_factory=list)
     disconnects: list[str] = field(default_factory=list)
+    endpoints: EndpointsDouble = field(default_factory=EndpointsDouble)
     _events: dict[str, threading.Event] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -92,6 +98,9 @@ class UpstreamDouble:
             await send({"type": "lifespan.shutdown.complete"})
             return
         assert scope["type"] == "http"
+        if scope["path"] == STREAMED_UPLOAD:  # read as it arrives: tests/doubles/endpoints.py
+            await self.endpoints.streamed_upload(receive, send)
+            return
         body = b""
         while True:
             message = await receive()
@@ -99,7 +108,9 @@ class UpstreamDouble:
             if not message.get("more_body"):
                 break
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        self.received.append(Received(scope["method"], scope["path"], headers, body))
+        query = scope.get("query_string", b"")
+        target = scope.get("raw_path", b"") + (b"?" + query if query else b"")
+        self.received.append(Received(scope["method"], scope["path"], headers, body, target))
         path = scope["path"]
         if path == "/v1/models" and scope["method"] == "GET":
             status = int(headers.get("x-double-status", "200"))
@@ -110,6 +121,8 @@ class UpstreamDouble:
             await _json(send, 200, {"object": "list", "data": [_model("double-model")]})
         elif path == "/v1/chat/completions" and scope["method"] == "POST":
             await self._chat(headers, body, receive, send)
+        elif await self.endpoints.serve(scope["method"], path, headers, body, receive, send):
+            pass  # embeddings, images, audio, files: tests/doubles/endpoints.py
         else:
             error = {"message": f"no route {path}", "type": "invalid_request_error"}
             await _json(send, 404, {"error": {**error, "param": None, "code": None}})

@@ -148,9 +148,12 @@ def test_body_over_limit_is_413_declared_or_streamed(
 
 
 def test_unknown_path_is_404_and_wrong_method_is_405(gateway: str) -> None:
-    response = httpx.post(gateway + "/v1/completions", json={})
-    assert response.status_code == 404
-    assert envelope(response)["code"] == "not_found"
+    # Under /v1/ every path has a rule (tests/proxy/test_e2e_endpoints.py); outside it, or
+    # under a prefix no route has, nothing serves it.
+    for path in ("/v2/completions", "/nowhere/v1/embeddings", "/v1"):
+        response = httpx.post(gateway + path, json={})
+        assert response.status_code == 404, path
+        assert envelope(response)["code"] == "not_found"
     response = httpx.get(gateway + "/v1/chat/completions")
     assert response.status_code == 405
     assert envelope(response)["code"] == "method_not_allowed"
