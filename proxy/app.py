@@ -30,6 +30,7 @@ from proxy.handlers.chat import chat_completions
 from proxy.handlers.health import healthz, readyz
 from proxy.handlers.models import list_models
 from proxy.handlers.moderations import create_moderation
+from proxy.handlers.responses import create_response
 from proxy.middleware import GatewayMiddleware
 from proxy.routing import Router
 from proxy.state import GatewayState, ReadinessProbe
@@ -123,6 +124,7 @@ def _routes(config: GatewayConfig) -> list[BaseRoute]:
         routes.append(Route(f"{prefix}/v1/chat/completions", chat_completions, methods=["POST"]))
         routes.append(Route(f"{prefix}/v1/models", list_models, methods=["GET"]))
         routes.append(Route(f"{prefix}/v1/moderations", create_moderation, methods=["POST"]))
+        routes.append(Route(f"{prefix}/v1/responses", create_response, methods=["POST"]))
     return routes
 
 

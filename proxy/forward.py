@@ -16,6 +16,7 @@ from proxy.request_body import ChatBody
 from proxy.upstreams.reply import RawHeaders, UpstreamReply
 
 if TYPE_CHECKING:
+    from proxy.apis.base import ApiAdapter
     from proxy.state import GatewayState
 
 
@@ -33,6 +34,8 @@ class ChatCall:
     started: float | None = None
     # The ASGI scope's per-request state, shared with the middlewares (request log, span).
     scope_state: dict[str, Any] | None = None
+    # The API shape (proxy.apis): None is chat completions; the Responses API sets its own.
+    api: ApiAdapter | None = None
 
 
 ChatService = Callable[["GatewayState", ChatCall], Awaitable[UpstreamReply]]
@@ -41,4 +44,6 @@ ChatService = Callable[["GatewayState", ChatCall], Awaitable[UpstreamReply]]
 async def forward_chat(state: GatewayState, call: ChatCall) -> UpstreamReply:
     """Send the call to its route's upstream, unchanged. Raises GatewayError subclasses."""
     upstream = state.upstreams[call.route.upstream]
+    if call.api is not None:
+        return await call.api.send(upstream, call.body, call.headers)
     return await upstream.chat(call.body, call.headers)
