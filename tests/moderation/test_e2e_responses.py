@@ -406,3 +406,51 @@ def test_upstream_errors_pass_through(gateway: Gateway) -> None:
         gateway.client().responses.create(
             model="m", input="Hi", extra_headers={"x-double-status": "429"}
         )
+
+
+# --- the same machinery as chat -----------------------------------------------------------
+
+
+def test_closed_guard_failure_is_503_and_not_forwarded(
+    gateway: Gateway, guard: SGLangDouble, double: Any
+) -> None:
+    guard.configure(status=503)
+    gateway.start(on_guard_error="closed")
+    before = len(double.received)
+    with pytest.raises(openai.InternalServerError) as caught:
+        gateway.client().responses.create(model="m", input="Hello")
+    assert caught.value.status_code == 503 and caught.value.code == "guard_unavailable"
+    assert len(double.received) == before
+
+
+def test_parallel_unsafe_input_cancels_the_upstream(
+    gateway: Gateway, guard: SGLangDouble, double: Any
+) -> None:
+    guard.configure(delay_ms=100)
+    gateway.start(input={"parallel": True})
+    for stream in (False, True):
+        request_id = f"responses-parallel-{stream}"
+        with pytest.raises(openai.BadRequestError):
+            gateway.client().responses.create(
+                model="m",
+                input=f"build a bomb ({stream})",
+                stream=stream,
+                extra_headers={"x-double-delay-ms": "3000", "x-double-id": request_id},
+            )
+        assert double.wait_disconnect(request_id, timeout=5)
+
+
+def test_verdicts_are_cached_like_chat(gateway: Gateway, guard: SGLangDouble) -> None:
+    gateway.start(output={"enabled": False})
+    client = gateway.client()
+    client.responses.create(model="m", input="Same question")
+    client.responses.create(model="m", input="Same question")
+    assert sum("Same question" in p for p in _prompts(guard)) == 1
+
+
+def test_without_moderation_the_body_is_relayed(gateway: Gateway, double: Any) -> None:
+    gateway.start(input={"enabled": False}, output={"enabled": False})
+    raw = gateway.client().responses.with_raw_response.create(model="m", input=HARMFUL)
+    assert raw.parse().output_text == f"double says: {HARMFUL}"
+    assert raw.headers["x-guardline-input"] == "skipped"
+    assert double.last().path == "/v1/responses"
