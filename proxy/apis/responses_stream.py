@@ -139,6 +139,10 @@ class ResponsesStreamText:
     def _read(self, data: dict[str, Any]) -> tuple[int, bool]:
         kind = data.get("type")
         if not isinstance(kind, str):
+            error = data.get("error")  # an error envelope (the gateway's upstream relay sends one)
+            if error is not None:
+                message = error.get("message") if isinstance(error, dict) else error
+                self.error = str(message or "error event")
             return 0, True
         index = _int(data.get("output_index"))
         if kind in _START or kind in _TERMINAL:

@@ -454,3 +454,31 @@ def test_without_moderation_the_body_is_relayed(gateway: Gateway, double: Any) -
     assert raw.parse().output_text == f"double says: {HARMFUL}"
     assert raw.headers["x-guardline-input"] == "skipped"
     assert double.last().path == "/v1/responses"
+
+
+def test_guard_failure_mid_stream_ends_it_with_an_error_event(
+    gateway: Gateway, guard: SGLangDouble
+) -> None:
+    guard.configure(status=503)
+    gateway.start(input={"enabled": False}, on_guard_error="closed")
+    deltas: list[str] = []
+    with pytest.raises(openai.APIError) as caught:
+        for event in gateway.client().responses.create(model="m", input="Hi", stream=True):
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+    assert "could not be moderated" in caught.value.message
+    assert deltas == []
+
+
+def test_an_upstream_stream_that_breaks_ends_with_an_error(gateway: Gateway) -> None:
+    gateway.start()
+    deltas: list[str] = []
+    with pytest.raises(openai.APIError) as caught:
+        stream = gateway.client().responses.create(
+            model="m", input="Hi", stream=True, extra_headers={"x-double-die-after": "5"}
+        )
+        for event in stream:
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+    assert "unreachable" in caught.value.message  # the relay's error event, passed on
+    assert "".join(deltas) in ("", "word0 ")
