@@ -27,6 +27,7 @@ from proxy.auth import Authenticator
 from proxy.config_schema import GatewayConfig, LiteLLMUpstreamConfig
 from proxy.errors import GatewayError, MethodNotAllowed, NotFound
 from proxy.handlers.chat import chat_completions
+from proxy.handlers.completions import create_completion
 from proxy.handlers.health import healthz, readyz
 from proxy.handlers.models import list_models
 from proxy.handlers.moderations import create_moderation
@@ -125,6 +126,7 @@ def _routes(config: GatewayConfig) -> list[BaseRoute]:
         routes.append(Route(f"{prefix}/v1/models", list_models, methods=["GET"]))
         routes.append(Route(f"{prefix}/v1/moderations", create_moderation, methods=["POST"]))
         routes.append(Route(f"{prefix}/v1/responses", create_response, methods=["POST"]))
+        routes.append(Route(f"{prefix}/v1/completions", create_completion, methods=["POST"]))
     return routes
 
 

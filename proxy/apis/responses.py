@@ -21,14 +21,13 @@ the refusal; output blocked is the response with `status: "incomplete"`,
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from proxy.apis.body import ApiBody, param_namer
 from proxy.apis.responses_text import read_output
 from proxy.errors import InvalidField, InvalidJSON, InvalidRequest, NotFound
 from proxy.request_body import ChatBody
@@ -37,16 +36,6 @@ from proxy.upstreams.reply import ChatUpstream, RawHeaders, UpstreamReply
 
 # The roles of a Responses input message (EasyInputMessage / InputMessage in openapi.yaml).
 ROLES = ("user", "assistant", "system", "developer")
-
-
-@dataclass(slots=True)
-class ResponsesBody(ChatBody):
-    """A parsed Responses request: `messages` is the chat-shaped reading of `instructions` and
-    `input`; `params[i]` is where message i came from (`input[3]`, `instructions`), and
-    `content_params[i]` the path of its content (`input[3].content`, `input[3].output`)."""
-
-    params: tuple[str, ...] = ()
-    content_params: tuple[str, ...] = ()
 
 
 def _type_error(param: str, expected: str) -> InvalidField:
@@ -117,7 +106,7 @@ def _item(item: Any, param: str) -> tuple[dict[str, Any] | None, str]:
     return {"role": "assistant", "content": None}, ""
 
 
-def parse_responses_body(raw: bytes) -> ResponsesBody:
+def parse_responses_body(raw: bytes) -> ApiBody:
     """Decode and check a Responses request; raises InvalidJSON or InvalidField (400)."""
     try:
         data = orjson.loads(raw)
@@ -164,7 +153,7 @@ def parse_responses_body(raw: bytes) -> ResponsesBody:
                 content_params.append(f"input[{i}].{key}" if key else f"input[{i}]")
     elif items is not None:
         raise _type_error("input", "a string or an array")
-    return ResponsesBody(
+    return ApiBody(
         raw,
         data,
         model,
@@ -174,22 +163,6 @@ def parse_responses_body(raw: bytes) -> ResponsesBody:
         params=tuple(params),
         content_params=tuple(content_params),
     )
-
-
-_MESSAGE_PARAM = re.compile(r"messages\[(\d+)\](\.content)?")
-
-
-def _namer(body: ResponsesBody) -> Callable[[str], str]:
-    def rename(param: str) -> str:
-        def sub(match: re.Match[str]) -> str:
-            i = int(match.group(1))
-            if i >= len(body.params):
-                return match.group(0)
-            return body.content_params[i] if match.group(2) else body.params[i]
-
-        return _MESSAGE_PARAM.sub(sub, param, count=1)
-
-    return rename
 
 
 def refusal_item(request_id: str, refusal: str) -> dict[str, Any]:
@@ -313,7 +286,7 @@ class ResponsesApi:
     name = "responses"
 
     def param_namer(self, body: ChatBody) -> Callable[[str], str] | None:
-        return _namer(body) if isinstance(body, ResponsesBody) else None
+        return param_namer(body)
 
     def output_text(self, data: dict[str, Any]) -> str:
         return read_output(data)[0].render()

@@ -121,6 +121,7 @@ class OpenAIUpstream:
         self._url = httpx.URL(cfg.base_url.rstrip("/") + "/chat/completions")
         self._models_url = httpx.URL(cfg.base_url.rstrip("/") + "/models")
         self._responses_url = httpx.URL(cfg.base_url.rstrip("/") + "/responses")
+        self._completions_url = httpx.URL(cfg.base_url.rstrip("/") + "/completions")
         # No `models` list: the upstream serves whatever it has, and /v1/models asks it.
         self.offers_any_model = not cfg.models
         self._auth: bytes | None = f"Bearer {cfg.api_key}".encode() if cfg.api_key else None
@@ -161,6 +162,10 @@ class OpenAIUpstream:
     async def responses(self, body: ChatBody, client_headers: RawHeaders) -> UpstreamReply:
         """`POST {base_url}/responses` (the Responses API), relayed like a chat completion."""
         return await self._post(self._responses_url, body, client_headers)
+
+    async def completions(self, body: ChatBody, client_headers: RawHeaders) -> UpstreamReply:
+        """`POST {base_url}/completions` (legacy completions), relayed like a chat completion."""
+        return await self._post(self._completions_url, body, client_headers)
 
     async def _post(
         self, url: httpx.URL, body: ChatBody, client_headers: RawHeaders

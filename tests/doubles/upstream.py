@@ -2,7 +2,8 @@
 
 It serves `POST /v1/chat/completions` and `GET /v1/models` the way OpenAI does (JSON, or SSE
 chunks ending with `data: [DONE]`, a usage chunk when `stream_options.include_usage`), and
-`POST /v1/responses` (a Response object, or its typed SSE events: see `responses_api.py`), and
+`POST /v1/responses` (a Response object, or its typed SSE events: see `responses_api.py`) and
+`POST /v1/completions` (legacy `text_completion`s: `completions_api.py`), and
 records what it received and which clients went away. Request headers steer it:
 
     x-double-status: 429          answer with this status and an OpenAI error envelope
@@ -41,7 +42,7 @@ from typing import Any
 import orjson
 from starlette.types import Message, Receive, Scope, Send
 
-from tests.doubles import responses_api
+from tests.doubles import completions_api, responses_api
 
 
 class DoubleDied(Exception):
@@ -106,6 +107,8 @@ class UpstreamDouble:
             await self._chat(headers, body, receive, send)
         elif path == "/v1/responses" and scope["method"] == "POST":
             await self._chat(headers, body, receive, send, api="responses")
+        elif path == "/v1/completions" and scope["method"] == "POST":
+            await self._chat(headers, body, receive, send, api="completions")
         else:
             error = {"message": f"no route {path}", "type": "invalid_request_error"}
             await _json(send, 404, {"error": {**error, "param": None, "code": None}})
@@ -139,6 +142,8 @@ class UpstreamDouble:
                     self._record(request_id)
             elif api == "responses":
                 await _json(send, 200, responses_api.response(headers, body, echo))
+            elif api == "completions":
+                await _json(send, 200, completions_api.completion(headers, body))
             else:
                 await _json(send, 200, _completion(headers, body, echo))
         finally:
@@ -174,6 +179,8 @@ class UpstreamDouble:
         )
         if api == "responses":
             events = responses_api.stream_events(headers, body, chunks, echo)
+        elif api == "completions":
+            events = completions_api.stream_events(headers, body, chunks)
         else:
             events = _stream_events(body, chunks, tools, echo, headers)
         for i, event in enumerate(events):
