@@ -129,6 +129,14 @@ def parse_responses_body(raw: bytes) -> ApiBody:
     elif not isinstance(stream, bool):
         raise _type_error("stream", "a boolean")
 
+    if data.get("background") is True:
+        # The answer would be fetched later (GET /v1/responses/{id}), past the output check.
+        raise InvalidField(
+            "background responses cannot be moderated by guardline (their output is fetched "
+            "later, where no output check runs); send the request without `background`.",
+            param="background",
+            code="unsupported_parameter",
+        )
     messages: list[dict[str, Any]] = []
     params: list[str] = []
     content_params: list[str] = []

@@ -241,6 +241,7 @@ def test_a_bad_image_is_a_400_naming_the_part(gateway: Gateway) -> None:
         ({"model": "m", "input": [{"role": "User", "content": "x"}]}, "input[0].role"),
         ({"model": "m", "input": "x", "stream": "yes"}, "stream"),
         ({"model": "m", "input": "x", "instructions": 1}, "instructions"),
+        ({"model": "m", "input": "x", "background": True}, "background"),
     ],
 )
 def test_bad_bodies_get_an_openai_error(gateway: Gateway, body: Any, param: str) -> None:
