@@ -110,9 +110,7 @@ def _texts(data: dict[str, Any]) -> list[str]:
     choices = data.get("choices")
     if not isinstance(choices, list):
         return []
-    return [
-        c["text"] for c in choices if isinstance(c, dict) and isinstance(c.get("text"), str)
-    ]
+    return [c["text"] for c in choices if isinstance(c, dict) and isinstance(c.get("text"), str)]
 
 
 class CompletionText(ResponseText):
