@@ -148,7 +148,7 @@ def test_body_over_limit_is_413_declared_or_streamed(
 
 
 def test_unknown_path_is_404_and_wrong_method_is_405(gateway: str) -> None:
-    response = httpx.post(gateway + "/v1/completions", json={})
+    response = httpx.post(gateway + "/not-an-endpoint", json={})
     assert response.status_code == 404
     assert envelope(response)["code"] == "not_found"
     response = httpx.get(gateway + "/v1/chat/completions")
