@@ -483,3 +483,35 @@ def test_an_upstream_stream_that_breaks_ends_with_an_error(gateway: Gateway) -> 
                 deltas.append(event.delta)
     assert "unreachable" in caught.value.message  # the relay's error event, passed on
     assert "".join(deltas) in ("", "word0 ")
+
+
+def test_a_prefixed_route_serves_responses_with_its_own_policy(gateway: Gateway) -> None:
+    gateway.policy("strict", input={"include_system": True})
+    gateway.policy("main")
+    gateway.start(
+        routes=[
+            {"name": "kids", "path_prefix": "/kids", "upstream": "double", "policy": "strict.yaml"},
+            {"name": "default", "upstream": "double", "policy": "main.yaml"},
+        ]
+    )
+    ok = gateway.client().responses.create(model="m", instructions=HARMFUL, input="Hi")
+    assert ok.status == "completed"
+    with pytest.raises(openai.BadRequestError) as info:
+        gateway.client(prefix="/kids").responses.create(model="m", instructions=HARMFUL, input="Hi")
+    assert info.value.response.headers["x-guardline-policy"].startswith("strict@")
+
+
+def test_stream_headers_name_the_stream_mode(gateway: Gateway) -> None:
+    gateway.start()
+    with httpx.stream(
+        "POST",
+        f"{gateway.url}/v1/responses",
+        json={"model": "m", "input": "Hello", "stream": True},
+        headers={"authorization": "Bearer sk-test"},
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-guardline-input"] == "safe"
+        assert response.headers["x-guardline-output"] == "holdback"
+        lines = list(response.iter_lines())
+    assert lines[0] == "event: response.created"
+    assert lines[-2] == "event: response.completed" or lines[-3] == "event: response.completed"
