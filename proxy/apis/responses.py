@@ -38,6 +38,28 @@ from proxy.upstreams.reply import ChatUpstream, RawHeaders, UpstreamReply
 ROLES = ("user", "assistant", "system", "developer")
 
 
+# Input items the model produced in an earlier turn (they end the user's turn, like an
+# assistant message in chat), and items that carry no content to judge.
+_MODEL_ITEMS = frozenset(
+    {
+        "reasoning",
+        "web_search_call",
+        "file_search_call",
+        "computer_call",
+        "image_generation_call",
+        "code_interpreter_call",
+        "local_shell_call",
+        "shell_call",
+        "apply_patch_call",
+        "mcp_call",
+        "mcp_list_tools",
+        "mcp_approval_request",
+        "compaction",
+    }
+)
+_NOT_CONTENT = frozenset({"item_reference", "mcp_approval_response"})
+
+
 def _type_error(param: str, expected: str) -> InvalidField:
     return InvalidField(f"Invalid type for '{param}': expected {expected}.", param=param)
 
@@ -100,10 +122,13 @@ def _item(item: Any, param: str) -> tuple[dict[str, Any] | None, str]:
         args = item.get("arguments", item.get("input", ""))
         function = {"name": item.get("name", ""), "arguments": args}
         return {"role": "assistant", "content": None, "tool_calls": [{"function": function}]}, ""
-    if kind == "item_reference":
-        return None, ""  # stored upstream: the guard cannot see it (documented)
-    # Everything else the model produced earlier (reasoning, tool calls): the assistant's turn.
-    return {"role": "assistant", "content": None}, ""
+    if kind in _NOT_CONTENT:
+        return None, ""  # stored upstream (item_reference), or a yes/no with no text
+    if kind in _MODEL_ITEMS:
+        # What the model produced earlier (reasoning, tool calls): the assistant's turn.
+        return {"role": "assistant", "content": None}, ""
+    # A type this gateway does not know may carry anything: content the guard cannot see.
+    return {"role": "user", "content": {"type": kind}}, ""
 
 
 def parse_responses_body(raw: bytes) -> ApiBody:

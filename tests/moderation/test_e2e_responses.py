@@ -515,3 +515,11 @@ def test_stream_headers_name_the_stream_mode(gateway: Gateway) -> None:
         lines = list(response.iter_lines())
     assert lines[0] == "event: response.created"
     assert lines[-2] == "event: response.completed" or lines[-3] == "event: response.completed"
+
+
+def test_an_input_item_of_an_unknown_type_is_uncheckable(gateway: Gateway) -> None:
+    gateway.start()
+    items: Any = [{"type": "input_text", "text": HARMFUL}]
+    with pytest.raises(openai.BadRequestError) as info:
+        gateway.client().responses.create(model="m", input=items)
+    assert info.value.code == "unsupported_content" and info.value.param == "input[0]"
