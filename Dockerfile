@@ -47,6 +47,7 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
 # Inside a container 0.0.0.0 is right: the container's own network namespace is the boundary,
 # and the published port (-p) decides who can reach it. On a bare host, keep the default
 # 127.0.0.1. SIGTERM (docker stop) is a graceful shutdown that gives in-flight requests
-# server.graceful_shutdown_s (30 s) to finish: use `docker stop -t 35`.
+# server.graceful_shutdown_s (30 s) to finish, then background checks as long again before the
+# audit trail is closed: use `docker stop -t 70`.
 STOPSIGNAL SIGTERM
 CMD ["guardline", "serve", "--config", "/app/config.yaml", "--host", "0.0.0.0"]

@@ -1,8 +1,8 @@
-"""Nemotron 3.5 Content Safety's default taxonomy (guard-models.md section 1.4).
+"""Nemotron 3.5 Content Safety's default taxonomy (docs/guard-models.md, "Nemotron taxonomy").
 
 Names are exactly as the model emits them. S24 is unverified: NVIDIA's notebooks list 23
 categories in some places and 24 in others; it is kept so that a verdict naming it is
-recognized, and `test_taxonomy_s24_unverified` names the assumption.
+recognized, and `test_assumption_taxonomy_has_s24_economic_harm` names the assumption.
 """
 
 from __future__ import annotations

@@ -23,8 +23,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from guard_engine.engine import GuardEngine
+from proxy.admin import AdminGate
 from proxy.auth import Authenticator
-from proxy.config_schema import GatewayConfig, LiteLLMUpstreamConfig
+from proxy.client_headers import HeaderAllowList
+from proxy.config_schema import GatewayConfig, LiteLLMUpstreamConfig, OpenAIUpstreamConfig
 from proxy.errors import GatewayError, MethodNotAllowed, NotFound
 from proxy.handlers.chat import chat_completions
 from proxy.handlers.completions import create_completion
@@ -35,6 +37,7 @@ from proxy.handlers.responses import create_response
 from proxy.middleware import GatewayMiddleware
 from proxy.routing import Router
 from proxy.state import GatewayState, ReadinessProbe
+from proxy.upstream_errors import SecretRedactor, configured_secrets
 from proxy.upstreams.openai_upstream import OpenAIUpstream
 from proxy.upstreams.reply import ChatUpstream
 
@@ -79,6 +82,16 @@ def _config_probe(config: GatewayConfig) -> ReadinessProbe:
     return config_loaded
 
 
+def header_allow_lists(config: GatewayConfig) -> dict[str, HeaderAllowList]:
+    """Allow-lists for the routes whose upstream is called with the operator's key."""
+    out: dict[str, HeaderAllowList] = {}
+    for route in config.routes:
+        upstream = config.upstreams[route.upstream]
+        if isinstance(upstream, OpenAIUpstreamConfig) and upstream.api_key:
+            out[route.name] = HeaderAllowList(route.forward_headers)
+    return out
+
+
 def build_state(
     config: GatewayConfig,
     *,
@@ -90,6 +103,9 @@ def build_state(
         authenticator=authenticator,
         router=Router(config.routes, config.upstreams),
         upstreams=build_upstreams(config, byok=authenticator.open, transports=transports),
+        header_allow_lists=header_allow_lists(config),
+        redactor=SecretRedactor(configured_secrets(config)),
+        admin=AdminGate(config.server.admin_key),
         readiness=[_config_probe(config)],
         started_at=int(time.time()),
     )
@@ -189,7 +205,7 @@ def create_app(
     if obs is not None:
         from proxy.observability import wiring
 
-        routes.extend(wiring.routes(obs, before_scrape))
+        routes.extend(wiring.routes(obs, before_scrape, AdminGate(config.server.admin_key)))
         middleware = [*wiring.middleware(obs), *middleware]  # outermost first
     app = Starlette(
         routes=routes,

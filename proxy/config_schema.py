@@ -1,4 +1,4 @@
-"""The strict raw shape of config.yaml (DESIGN section 4). Unknown keys are errors.
+"""The strict raw shape of config.yaml (docs/config.md). Unknown keys are errors.
 
 `proxy.config` loads a file into these models (interpolating `${VAR}`) and validates the
 cross-references (routes name upstreams and policies, default_guard names a guard).
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from proxy.client_headers import check_forward_header
 
 
 class Strict(BaseModel):
@@ -22,6 +24,9 @@ class ServerConfig(Strict):
     max_body_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     # Seconds in-flight requests get to finish on SIGTERM.
     graceful_shutdown_s: float = Field(default=30.0, ge=0)
+    # Empty: /metrics and /readyz's details are open (bind to 127.0.0.1). Set: they need
+    # `Authorization: Bearer <admin_key>`; plain /readyz keeps its status code for probes.
+    admin_key: str = ""
 
 
 class TenantConfig(Strict):
@@ -100,6 +105,14 @@ class RouteConfig(Strict):
     models: list[str] | None = None  # None: any model; entries may end in `*`
     upstream: str
     policy: str  # path, relative to the config file
+    # Client headers forwarded to an upstream called with the operator's api_key beyond the
+    # default allow-list (proxy.client_headers); entries ending in `*` are prefixes.
+    forward_headers: list[str] = Field(default_factory=list)
+
+    @field_validator("forward_headers")
+    @classmethod
+    def _header_names(cls, value: list[str]) -> list[str]:
+        return [check_forward_header(entry) for entry in value]
 
 
 class TracingConfig(Strict):
@@ -125,6 +138,11 @@ class AuditConfig(Strict):
     otel_logs: bool = False  # also emit records as OpenTelemetry log records
 
 
+class ModerationsConfig(Strict):
+    # Entries of one /v1/moderations `input` array; more is a 400 (each is a guard call).
+    max_inputs: int = Field(default=32, ge=1, le=1024)
+
+
 def _default_guards() -> dict[str, GuardConfig]:
     return {"local": EmbeddedGuardConfig(type="embedded")}
 
@@ -140,3 +158,4 @@ class GatewayConfig(Strict):
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
     audit: AuditConfig = AuditConfig()
+    moderations: ModerationsConfig = ModerationsConfig()

@@ -12,6 +12,7 @@
     ├── RateLimited                       429     rate_limit_error        rate_limit_exceeded
     ├── UpstreamError                     502     upstream_error          upstream_unreachable
     ├── GuardUnavailableError             503     guard_error             guard_unavailable
+    ├── ShuttingDown                      503     server_error            server_shutting_down
     └── UpstreamTimeout                   504     upstream_error          upstream_timeout
 
 A policy decision is never a 5xx: SDKs retry 5xx. Only infrastructure failures are.
@@ -122,6 +123,17 @@ class GuardUnavailableError(GatewayError):
     status = 503
     type = "guard_error"
     code = "guard_unavailable"
+
+
+class ShuttingDown(GatewayError):
+    """The server's graceful-shutdown deadline passed while the request was still running."""
+
+    status = 503
+    type = "server_error"
+    code = "server_shutting_down"
+
+    def __init__(self, message: str = "The gateway is shutting down; please retry.") -> None:
+        super().__init__(message, headers={"retry-after": "1"})
 
 
 class UpstreamTimeout(GatewayError):

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from proxy.config_schema import RouteConfig
+from proxy.errors import GatewayError
 from proxy.request_body import ChatBody
+from proxy.upstream_errors import redact_error, sanitize_error_reply
 from proxy.upstreams.reply import RawHeaders, UpstreamReply
 
 if TYPE_CHECKING:
@@ -42,8 +44,21 @@ ChatService = Callable[["GatewayState", ChatCall], Awaitable[UpstreamReply]]
 
 
 async def forward_chat(state: GatewayState, call: ChatCall) -> UpstreamReply:
-    """Send the call to its route's upstream, unchanged. Raises GatewayError subclasses."""
+    """Send the call to its route's upstream. Raises GatewayError subclasses.
+
+    The body goes unchanged; the client's headers are cut to the route's allow-list when the
+    upstream is called with the operator's key. An error answer comes back with the config's
+    secrets redacted (and a 5xx that is no OpenAI envelope wrapped in one).
+    """
     upstream = state.upstreams[call.route.upstream]
-    if call.api is not None:
-        return await call.api.send(upstream, call.body, call.headers)
-    return await upstream.chat(call.body, call.headers)
+    allow = state.header_allow_lists.get(call.route.name)
+    headers = call.headers if allow is None else allow.filter(call.headers)
+    try:
+        if call.api is not None:  # another API shape (proxy.apis): its own upstream path
+            reply = await call.api.send(upstream, call.body, headers)
+        else:
+            reply = await upstream.chat(call.body, headers)
+    except GatewayError as exc:
+        redact_error(exc, state.redactor)
+        raise
+    return sanitize_error_reply(reply, state.redactor, upstream.name)

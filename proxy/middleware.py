@@ -6,19 +6,22 @@ Per HTTP request it:
 - enforces `server.max_body_bytes`: a declared Content-Length over the limit is refused before
   any byte is read, and a body sent without one is counted as it arrives (413 either way);
 - renders every failure to the OpenAI error envelope: GatewayError subclasses with their own
-  status, anything unexpected as a 500 without details (the traceback goes to the log only).
+  status, anything unexpected as a 500 without details (the traceback goes to the log only),
+  a request the server cancels at its shutdown deadline as a 503 `server_shutting_down`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy.disconnect import ClientDisconnected
-from proxy.errors import GatewayError, InternalError, PayloadTooLarge
+from proxy.disconnect import STATE_CLIENT_CLOSED, ClientDisconnected
+from proxy.errors import GatewayError, InternalError, PayloadTooLarge, ShuttingDown
 
 log = logging.getLogger("guardline.proxy")
 
@@ -99,7 +102,18 @@ class GatewayMiddleware:
         try:
             await self.app(scope, limited_receive, send_wrapper)
         except (ClientDisconnected, ClientDisconnect):
-            return  # nobody is listening; the upstream call was already cancelled
+            # Nobody is listening; the upstream call was already cancelled. The outer
+            # middlewares record the request as 499, not as a failure of ours.
+            if not started:
+                scope["state"][STATE_CLIENT_CLOSED] = True
+            return
+        except asyncio.CancelledError:
+            # The server cancelled the request (graceful-shutdown deadline); a client that left
+            # arrives as ClientDisconnected instead. Answer what has not been answered yet.
+            if not started:
+                with contextlib.suppress(Exception):
+                    await send_error(send_wrapper, ShuttingDown())
+            raise
         except GatewayError as exc:
             if started:
                 log.warning("error after the response started: %r", exc)

@@ -1,9 +1,9 @@
 """The gateway's one explicit state object, built in the app's lifespan.
 
 Everything a request needs that outlives it (config, authenticator, router, pooled upstream
-clients, readiness probes, the chat service) lives here and is passed explicitly; there is no
-module-level mutable state. Later components (guards, policies, telemetry) add their probes to
-`readiness` and their shutdown hooks to `closers`.
+clients, readiness probes, the chat service, the background tasks) lives here and is passed
+explicitly; there is no module-level mutable state. Later components (guards, policies,
+telemetry) add their probes to `readiness` and their shutdown hooks to `closers`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,14 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 
+from proxy.admin import AdminGate
 from proxy.auth import Authenticator
+from proxy.background import BackgroundTasks
+from proxy.client_headers import HeaderAllowList
 from proxy.config_schema import GatewayConfig
 from proxy.forward import ChatService, forward_chat
 from proxy.routing import Router
+from proxy.upstream_errors import SecretRedactor
 from proxy.upstreams.reply import ChatUpstream
 
 log = logging.getLogger("guardline.state")
@@ -34,7 +38,17 @@ class GatewayState:
     router: Router
     upstreams: dict[str, ChatUpstream]
     chat_service: ChatService = forward_chat
+    # Route name -> the client headers its upstream may receive; only routes whose upstream
+    # is called with the operator's key are listed (the others forward the client's headers).
+    header_allow_lists: dict[str, HeaderAllowList] = field(default_factory=dict)
+    # Who may read /metrics and /readyz's details (everyone unless server.admin_key is set).
+    admin: AdminGate = field(default_factory=lambda: AdminGate(""))
+    # Removes the config's secrets from upstream errors before a client sees them.
+    redactor: SecretRedactor = field(default_factory=lambda: SecretRedactor(()))
     readiness: list[ReadinessProbe] = field(default_factory=list)
+    # Work started by requests that outlives them (shadow checks, monitor-mode settling, THINK
+    # re-checks): drained or cancelled first at shutdown, while what it uses is still open.
+    background: BackgroundTasks = field(default_factory=BackgroundTasks)
     # Run in reverse order at shutdown, after the upstream clients are closed.
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     started_at: int = 0
@@ -43,6 +57,12 @@ class GatewayState:
     moderation: Any = None
 
     async def aclose(self) -> None:
+        """Background work first (bounded by `server.graceful_shutdown_s`, then cancelled),
+        then the upstream clients, then the closers (guard engine, audit writer, exporters)."""
+        try:
+            await self.background.aclose(self.config.server.graceful_shutdown_s)
+        except Exception:
+            log.exception("ending background work failed")
         for upstream in self.upstreams.values():
             try:
                 await upstream.aclose()

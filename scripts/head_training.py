@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from guard_engine.backends.embedded_head import Head
 
 F32 = npt.NDArray[np.float32]
+PATIENCE = 300
 
 
 def project_out(head: Head, basis: F32) -> Head:
@@ -86,6 +87,8 @@ def train_mlp(
             history.append(loss)
             if loss < best[0]:
                 best = (loss, step, {k: val_.copy() for k, val_ in params.items()})
+            elif step - best[1] >= PATIENCE:
+                break  # no better validation loss for PATIENCE epochs: stop early
     final = best[2] if val is not None else params
     best_step = best[1] if val is not None else epochs
     # fold the standardization into the first layer: ((x - mu) / sd) @ w1 = x @ (w1 / sd) - ...

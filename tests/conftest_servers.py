@@ -18,6 +18,14 @@ from starlette.types import ASGIApp
 @contextmanager
 def run_server(app: ASGIApp) -> Iterator[str]:
     """Serve `app`; yields its base URL `http://127.0.0.1:<port>`."""
+    with serve(app) as (url, _):
+        yield url
+
+
+@contextmanager
+def serve(app: ASGIApp, graceful_shutdown_s: int = 2) -> Iterator[tuple[str, uvicorn.Server]]:
+    """Serve `app`; yields its base URL and the server (`server.should_exit = True` starts the
+    graceful shutdown, as SIGTERM does)."""
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -30,7 +38,7 @@ def run_server(app: ASGIApp) -> Iterator[str]:
         access_log=False,
         server_header=False,
         date_header=False,
-        timeout_graceful_shutdown=2,
+        timeout_graceful_shutdown=graceful_shutdown_s,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="test-server", daemon=True)
@@ -42,7 +50,7 @@ def run_server(app: ASGIApp) -> Iterator[str]:
         time.sleep(0.005)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", server
     finally:
         server.should_exit = True
         thread.join(timeout=10)

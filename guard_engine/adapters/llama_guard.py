@@ -1,14 +1,14 @@
-"""The Llama Guard 3 adapter (guard-models.md section 3): proof that the Adapter interface
+"""The Llama Guard 3 adapter (docs/guard-models.md, "Llama Guard 3"): proof that the Adapter
 carries a second guard model with a different request shape and output format.
 
 Llama Guard judges the LAST turn of the conversation it is given: an input check sends the
 conversation ending on the user message, an output check the conversation ending on the
 assistant's response. Its answer is `safe`, or `unsafe` and a line of S-codes (`S1,S2`),
-which are mapped to the category names of section 3.
+which are mapped to the category names listed there.
 
 Serving: vLLM accepts a conversation ending on an assistant turn; SGLang rejects one (see
-guard-models.md 1.2), so output checks with this adapter need vLLM (or NIM) until SGLang
-changes. Input checks work on both.
+docs/guard-models.md, "Nemotron request format"), so output checks with this adapter need
+vLLM (or NIM) until SGLang changes. Input checks work on both.
 
 Llama Guard has no modes: it always names categories and has no THINK trace, so `mode` is
 accepted for the interface and otherwise ignored. On an output check it does not re-judge

@@ -1,10 +1,10 @@
-"""The Nemotron 3.5 Content Safety adapter (guard-models.md sections 1.2-1.4).
+"""The Nemotron 3.5 Content Safety adapter (docs/guard-models.md, "Nemotron 3.5 Content Safety").
 
 Renders a GuardRequest into the OpenAI chat-completions body SGLang/vLLM/NIM expect (the
 model's own chat template builds the classifier prompt; we send only content plus
 `chat_template_kwargs`) and parses the plain-text verdict back.
 
-Every fact guard-models.md marks **unverified** lives behind ONE named constant or function
+Every fact docs/guard-models.md marks **unverified** lives behind ONE named constant or function
 below (search for "UNVERIFIED"), each covered by a test in
 tests/guard_engine/test_unverified_assumptions.py, so that checking it against a live server
 and correcting it is a one-place change.
@@ -31,7 +31,8 @@ from guard_engine.taxonomy import DEFAULT_CATEGORIES
 from guard_engine.types import GuardRequest, Label, Mode, ParsedVerdict, Turn
 
 # ---------------------------------------------------------------------------------------------
-# UNVERIFIED assumptions (guard-models.md). Each one is a single named constant or function.
+# UNVERIFIED assumptions (docs/guard-models.md, "Unverified facts"). Each one is a single named
+# constant or function.
 # ---------------------------------------------------------------------------------------------
 
 #: UNVERIFIED: the separator that appends the assistant response to the user text. SGLang
@@ -60,7 +61,8 @@ _SPEAKERS = {"user": "user", "assistant": "agent", "tool": "tool", "system": "sy
 
 
 def known_categories() -> tuple[str, ...]:
-    """UNVERIFIED: the category names the model emits (section 1.4), exactly as spelled there."""
+    """UNVERIFIED: the category names the model emits (docs/guard-models.md, "Nemotron
+    taxonomy"), exactly as spelled there."""
     return DEFAULT_CATEGORIES if TAXONOMY_HAS_S24 else DEFAULT_CATEGORIES[:23]
 
 
@@ -108,7 +110,8 @@ def frame_custom_policy(policy: CompiledPolicy, *, think: bool) -> str:
 
 
 def template_kwargs(policy: CompiledPolicy, mode: Mode) -> dict[str, Any]:
-    """`chat_template_kwargs` for a mode (section 1.2 table) and the policy's customizations."""
+    """`chat_template_kwargs` for a mode (docs/guard-models.md, "Nemotron request format") and
+    the policy's customizations."""
     think = mode == "think"
     if mode == "binary":
         categories = False
@@ -149,13 +152,14 @@ def _render_turn(turn: Turn) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Parsing (section 1.3)
+# Parsing (docs/guard-models.md, "Nemotron answer format")
 # ---------------------------------------------------------------------------------------------
 
 _LINE = re.compile(r"^\s*(user safety|response safety|safety categories)\s*:\s*(.*?)\s*$", re.I)
 # Another short "Field: value" line (e.g. a "Response Refusal:" line, which the reconstructed
-# template of section 1.5 hints at) is tolerated and ignored: the verdict lines are still
-# explicit. Prose without a field name is not: it means the model did not answer the format.
+# template of docs/guard-models.md, "Prompt layout and caching", hints at) is tolerated and ignored:
+# the verdict lines are still explicit. Prose without a field name is not: it means the model did
+# not answer the format.
 _OTHER_FIELD = re.compile(r"^\s*[A-Za-z][A-Za-z /-]{0,40}:\s*\S")
 _LABEL = re.compile(r"^(safe|unsafe)\.?$", re.I)
 

@@ -5,8 +5,8 @@
 content hash, Nemotron's `custom_policy` and `custom_taxonomy` texts, the settings.
 
 The two text renderings follow formats that are not confirmed by a primary source
-(guard-models.md section 1.2); each lives in one function named for that assumption so that it
-can be corrected in one place.
+(docs/guard-models.md, "Custom policies"); each lives in one function named for that
+assumption so that it can be corrected in one place.
 """
 
 from __future__ import annotations
@@ -54,10 +54,10 @@ def policy_hash8(raw: PolicyFile) -> str:
 def frame_custom_policy_unverified_card_format(name: str, description: str, text: str) -> str:
     """Nemotron's `custom_policy` text in the format of the model card's examples.
 
-    UNVERIFIED (guard-models.md 1.2, integrator reports): the preamble line, the `### Policy`
-    heading and the `Name:` / `Description:` lines. Byte-stable by construction (no
-    timestamps, no request data) so that SGLang's prefix cache is shared by every request
-    under one policy. THINK mode's extra instruction line is the adapter's business.
+    UNVERIFIED (docs/guard-models.md, "Custom policies"; integrator reports): the preamble line, the
+    `### Policy` heading and the `Name:` / `Description:` lines. Byte-stable by construction (no
+    timestamps, no request data) so that SGLang's prefix cache is shared by every request under one
+    policy. THINK mode's extra instruction line is the adapter's business.
     """
     one_line = " ".join(description.split())
     return (
@@ -70,10 +70,11 @@ def render_taxonomy_unverified_s_codes(
 ) -> str:
     """Nemotron's `custom_taxonomy` text: one `S<n>: <Name>.` line per category.
 
-    UNVERIFIED: the line format copies the taxonomy block of a third-party reconstruction of
-    the chat template (guard-models.md 1.5). Built-in categories keep their S-codes from the
-    default list (suppressing S12 leaves a gap rather than renumbering), added categories are
-    numbered after the last built-in one and carry their description after the name.
+    UNVERIFIED: the line format copies the taxonomy block of a third-party reconstruction of the
+    chat template (docs/guard-models.md, "Prompt layout and caching"). Built-in categories keep
+    their S-codes from the default list (suppressing S12 leaves a gap rather than renumbering),
+    added categories are numbered after the last built-in one and carry their description after the
+    name.
     """
     lines = [f"S{DEFAULT_CATEGORIES.index(name) + 1}: {name}." for name in kept]
     first_new = len(DEFAULT_CATEGORIES) + 1

@@ -1,4 +1,4 @@
-"""The strict raw shape of a policy file (policies/*.yaml, DESIGN section 3).
+"""The strict raw shape of a policy file (policies/*.yaml, docs/policies.md, "Reference").
 
 Every model forbids unknown keys, so a typo is an error that `guard_engine.yaml_model` reports
 with the file, the line and the key. Checks that need no other file (known category names,

@@ -20,6 +20,7 @@ from guard_engine.types import GuardRequest, Verdict
 
 if TYPE_CHECKING:
     from proxy.audit.writer import AuditWriter
+    from proxy.background import BackgroundTasks
     from proxy.observability.metrics import GatewayMetrics
 
 _log = logging.getLogger("guardline.audit.think")
@@ -41,6 +42,7 @@ class ThinkScheduler:
         rng: random.Random | None = None,
         *,
         max_pending: int = DEFAULT_MAX_PENDING,
+        background: BackgroundTasks | None = None,
     ) -> None:
         self._check = check
         self._writer = writer
@@ -51,6 +53,9 @@ class ThinkScheduler:
         # Created lazily: the scheduler may be built outside the loop that runs it.
         self._semaphore: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # The gateway's registry: shutdown drains the re-checks before the engine and the
+        # audit writer close (and refuses new ones after that).
+        self._background = background
         self._closed = False
 
     def wanted(self, policy: CompiledPolicy, fast_verdict: Verdict) -> bool:
@@ -75,6 +80,9 @@ class ThinkScheduler:
         event loop. True when a re-check was started."""
         if self._closed or not self.wanted(policy, fast_verdict):
             return False
+        if self._background is not None and self._background.closing:
+            self._count(policy.name, "cancelled")  # nothing is left open for it to use
+            return False
         if len(self._tasks) >= self._max_pending:
             self._count(policy.name, "dropped")
             return False
@@ -84,6 +92,8 @@ class ThinkScheduler:
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if self._background is not None:
+            self._background.track(task)
         return True
 
     @property
@@ -99,6 +109,9 @@ class ThinkScheduler:
             try:
                 verdict = await self._check(request, policy)
             except asyncio.CancelledError:
+                # Shutdown: the record keeps its fast verdict, without a THINK trace.
+                _log.warning("THINK re-check cancelled for audit record %s", record_id)
+                self._count(policy.name, "cancelled")
                 raise
             except Exception as exc:
                 _log.warning(

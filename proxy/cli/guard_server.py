@@ -1,7 +1,8 @@
 """`guardline guard-server`: print (or with --run, exec) the SGLang command for a configured guard.
 
 SGLang is an optional extra (`pip install 'guardline[sglang]'`) needing a GPU; it is never a
-dependency of the gateway. The flags come from guard-models.md section 1.1:
+dependency of the gateway. The flags come from docs/guard-models.md, "Serving Nemotron on
+SGLang":
 `--enable-multimodal` is required or SGLang silently drops images.
 """
 

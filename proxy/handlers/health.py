@@ -21,6 +21,8 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """Ready or not (the status code probes read); the per-check details only for the admin
+    when `server.admin_key` is set."""
     state = get_state(request)
     ready = True
     checks: dict[str, Any] = {}
@@ -33,7 +35,9 @@ async def readyz(request: Request) -> Response:
             ok, detail = False, {getattr(probe, "__name__", "probe"): {"error": repr(exc)}}
         ready = ready and ok
         checks.update(detail)
-    body = {"status": "ready" if ready else "not_ready", "checks": checks}
+    body: dict[str, Any] = {"status": "ready" if ready else "not_ready"}
+    if state.admin.allows(request):
+        body["checks"] = checks
     return Response(
         orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json"
     )

@@ -15,11 +15,16 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from proxy.client_headers import HeaderAllowList
 from proxy.relay import ReplyResponse
 from proxy.state import GatewayState, get_state
+from proxy.upstream_errors import sanitize_error_reply
 from proxy.upstreams.openai_upstream import OpenAIUpstream
 
 log = logging.getLogger("guardline.models")
+
+# A model listing carries no route's opt-ins: the default allow-list only.
+_DEFAULT_ALLOW = HeaderAllowList()
 
 
 def _open_upstreams(state: GatewayState, prefix: str, tenant: str | None) -> list[OpenAIUpstream]:
@@ -47,7 +52,12 @@ async def list_models(request: Request) -> Response:
     upstreams = _open_upstreams(state, prefix, tenant)
     seen = {m["id"] for m in data}
     for upstream in upstreams:
-        reply = await upstream.list_models(request.scope["headers"])
+        headers = request.scope["headers"]
+        if upstream.uses_operator_key:
+            headers = _DEFAULT_ALLOW.filter(headers)
+        reply = sanitize_error_reply(
+            await upstream.list_models(headers), state.redactor, upstream.name
+        )
         if reply.status != 200:
             if not data and len(upstreams) == 1:
                 return ReplyResponse(reply, [])  # e.g. the upstream's 401 for a bad BYOK key

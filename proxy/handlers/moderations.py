@@ -9,6 +9,7 @@ from starlette.responses import Response
 from proxy.errors import InvalidField, InvalidJSON, NotFound
 from proxy.moderation.headers import Decisions
 from proxy.moderation.moderations import moderate
+from proxy.observability.asgi import STATE_ROUTE, STATE_TENANT
 from proxy.state import get_state
 
 
@@ -32,8 +33,15 @@ async def create_moderation(request: Request) -> Response:
     prefix, _ = state.router.split_path(request.scope["path"])
     # The moderation model names the guard, not a chat model: routes match on path and tenant.
     route = state.router.match(prefix, tenant, None)
+    # For the request log, the request metrics and the SERVER span, as chat requests do.
+    scope_state = request.scope["state"]
+    scope_state[STATE_ROUTE] = route.name
+    if tenant is not None:
+        scope_state[STATE_TENANT] = tenant
     policy = state.moderation.policies.get(route.policy)
-    body, stages = await moderate(state.moderation, policy, data["input"])
+    body, stages = await moderate(
+        state.moderation, policy, data["input"], max_inputs=state.config.moderations.max_inputs
+    )
     decisions = Decisions(policy=policy, input=stages[0] if len(stages) == 1 else None)
     headers = decisions.header_dict()
     headers["x-guardline-route"] = route.name

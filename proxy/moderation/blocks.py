@@ -1,4 +1,4 @@
-"""What a block looks like to an OpenAI SDK (DESIGN section 2).
+"""What a block looks like to an OpenAI SDK (docs/architecture.md, "The request path").
 
 Input blocked: 400 `content_policy_violation` (default) or a 200 refusal with
 `finish_reason: "content_filter"`. Output blocked: 200 with the refusal in place of the

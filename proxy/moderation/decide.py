@@ -69,8 +69,12 @@ async def judge(
     *,
     headers: dict[str, str] | None = None,
     mode: Mode | None = None,
+    upstream_started: bool = False,
 ) -> StageResult:
-    """Check `request` and apply `on_guard_error`; raises GuardUnavailableError when closed."""
+    """Check `request` and apply `on_guard_error`; raises GuardUnavailableError when closed.
+
+    `upstream_started`: the upstream call runs beside this input check (`input.parallel`), so
+    a failure message must not claim the request was never forwarded."""
     try:
         verdict = await engine.check(request, policy, headers=headers, mode=mode)
         return _result(verdict, request=request)
@@ -89,20 +93,46 @@ async def judge(
                 request, policy, guard=FALLBACK_GUARD, mode="binary", headers=headers
             )
         except GuardError as fallback_failure:
-            raise _unavailable(failure, fallback=fallback_failure) from None
+            raise _unavailable(
+                request.stage, failure, fallback=fallback_failure, parallel=upstream_started
+            ) from None
         return _result(
             replace(verdict, degraded=True), reason=f"fallback:{failure.reason}", request=request
         )
-    raise _unavailable(failure) from None
+    raise _unavailable(request.stage, failure, parallel=upstream_started) from None
+
+
+# What happened to the request when its check failed, said plainly: an output check runs
+# after the upstream answered (the call was made, and billed), only its answer is withheld.
+_OUTCOME: dict[Stage, tuple[str, str]] = {
+    "input": ("this request", "It was not forwarded to the model."),
+    "output": (
+        "the model's response",
+        "The upstream model was called and answered; its response was withheld.",
+    ),
+}
+# input.parallel: the upstream call started beside the check. It is cancelled when the check
+# fails, but it may already have reached the model (which may bill the prompt): say so.
+_PARALLEL_INPUT_OUTCOME = (
+    "The call to the model, started at the same time (input.parallel), was cancelled; "
+    "no part of its answer was returned."
+)
 
 
 def _unavailable(
-    failure: GuardError, *, fallback: GuardError | None = None
+    stage: Stage,
+    failure: GuardError,
+    *,
+    fallback: GuardError | None = None,
+    parallel: bool = False,
 ) -> GuardUnavailableError:
-    message = f"The content guard could not check this request ({failure.reason})"
+    checked, outcome = _OUTCOME[stage]
+    if parallel and stage == "input":
+        outcome = _PARALLEL_INPUT_OUTCOME
+    message = f"The content guard could not check {checked} ({failure.reason})"
     if fallback is not None:
         message += f", and the fallback guard failed too ({fallback.reason}: {fallback})"
     return GuardUnavailableError(
-        message + ". It was not forwarded.",
+        f"{message}. {outcome}",
         headers={"retry-after": "1", "x-guardline-degraded": failure.reason},
     )

@@ -1,11 +1,11 @@
 """Read what the guard must judge out of OpenAI chat bodies.
 
-Input side (DESIGN section 1): by default (`scope: last_user`) every user message of the
-current turn (all of them after the last assistant message, with their images);
-`scope: conversation` adds earlier turns as context; `include_tool_results` adds the tool
-results of the current turn; system prompts only when the policy asks. Output side:
-everything the model wrote in every choice: reasoning, content, refusal, tool-call names and
-arguments (all of it reaches the client, so all of it is output).
+Input side (docs/architecture.md, "The request path"): by default (`scope: last_user`) every user
+message of the current turn (all of them after the last assistant message, with their images);
+`scope: conversation` adds earlier turns as context; `include_tool_results` adds the tool results of
+the current turn; system prompts only when the policy asks. Output side: everything the model wrote
+in every choice: reasoning, content, refusal, tool-call names and arguments (all of it reaches the
+client, so all of it is output).
 
 Anything the guard cannot judge (audio, files, unknown part types, malformed parts) is
 collected as `uncheckable` with the request path of the part, so the policy can refuse or flag

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from guard_engine.policy.compiled import CompiledPolicy
+from guard_engine.types import GuardRequest
 from proxy.moderation.decide import StageResult
 from proxy.upstreams.reply import RawHeaders
 
@@ -22,6 +23,9 @@ class Decisions:
     # A stream's window decisions in the order they finished (with what each judged), so that
     # the final output decision can be audited with its content.
     stream_checks: list[StageResult] = field(default_factory=list)
+    # The last window sent to the guard: the record's content when no check finished (a
+    # monitor-mode check cancelled at shutdown).
+    stream_asked: GuardRequest | None = None
 
     def headers(self, server_timing: str | None = None) -> RawHeaders:
         out: RawHeaders = [(b"x-guardline-policy", self.policy.ref.encode())]

@@ -1,4 +1,5 @@
-"""The moderation pipeline: a chat service that wraps `forward_chat` (DESIGN section 1).
+"""The moderation pipeline: a chat service that wraps `forward_chat` (docs/architecture.md,
+"The request path").
 
     input check ─┬─ serial (default): check, then call the upstream
                  └─ parallel: call the upstream at the same time; an unsafe verdict cancels it
@@ -30,13 +31,14 @@ from guard_engine.policy.store import PolicyStore
 from guard_engine.types import GuardRequest, Stage, Verdict
 from proxy.apis.base import ApiAdapter
 from proxy.apis.chat import CHAT
+from proxy.background import BackgroundTasks
 from proxy.errors import GatewayError, UpstreamError
 from proxy.forward import ChatCall, ChatService, forward_chat
 from proxy.moderation.blocks import input_violation
 from proxy.moderation.decide import StageResult, skipped
 from proxy.moderation.headers import Decisions
 from proxy.moderation.inputs import prepare_input
-from proxy.moderation.shadow import BackgroundTasks, ShadowHook, ShadowRunner
+from proxy.moderation.shadow import ShadowHook, ShadowRunner
 from proxy.moderation.spans import ModerationSpans
 from proxy.moderation.stream_decision import stream_result, unchecked_verdict
 from proxy.observability.timing import Kind, RequestTiming
@@ -64,6 +66,7 @@ class ModerationPipeline:
         on_finished: Finished | None = None,
         on_shadow: ShadowHook | None = None,
         record_content: bool = False,
+        background: BackgroundTasks | None = None,
     ) -> None:
         self.engine = engine
         self.policies = policies
@@ -73,8 +76,9 @@ class ModerationPipeline:
         # Guard and upstream spans, trace context to the guard and the upstream, timing.
         self._spans = ModerationSpans(self._tracer, record_content=record_content)
         self._on_finished = on_finished
-        # Work that outlives its request: shadow checks, monitor-mode settling.
-        self.background = BackgroundTasks()
+        # Work that outlives its request: shadow checks, monitor-mode settling. The gateway
+        # passes its state's registry, which shutdown drains before the engine closes.
+        self.background = background if background is not None else BackgroundTasks()
         self.shadows = ShadowRunner(engine, policies, self.background, on_shadow)
 
     async def __call__(self, state: GatewayState, call: ChatCall) -> UpstreamReply:
@@ -110,7 +114,10 @@ class ModerationPipeline:
             upstream_task = asyncio.ensure_future(self._call_upstream(state, call, timing))
         try:
             if check_input:
-                decisions.input = await self._judge("input", guard_request, policy, timing)
+                parallel = upstream_task is not None
+                decisions.input = await self._judge(
+                    "input", guard_request, policy, timing, upstream_started=parallel
+                )
                 self.shadows.run(call, policy, guard_request, decisions.input)
             else:
                 decisions.input = skipped("input")
@@ -143,11 +150,19 @@ class ModerationPipeline:
         *,
         span: str | None = None,
         index: int | None = None,
+        upstream_started: bool = False,
     ) -> StageResult:
         kind: Kind = "guard-input" if stage == "input" else "guard-output"
         name = span or f"guard.{stage}"
         return await self._spans.judge(
-            name, self.engine, request, policy, timing, kind, index=index
+            name,
+            self.engine,
+            request,
+            policy,
+            timing,
+            kind,
+            index=index,
+            upstream_started=upstream_started,
         )
 
     async def _block_input(
@@ -283,6 +298,7 @@ class ModerationPipeline:
 
         async def check(text: str) -> Verdict:
             request = replace(prompt, response=text)
+            decisions.stream_asked = request
             result = await self._judge(
                 "output", request, policy, timing, span=SPAN_GUARD_HOLDBACK, index=next(windows)
             )
@@ -316,18 +332,38 @@ class ModerationPipeline:
                 self._stream_done(call, decisions, timing, outcome)
             else:
                 # Monitor mode: the client's body ends now; the record waits for the checks.
-                self.background.spawn(self._settle(call, decisions, timing, outcome))
+                self.background.track(outcome.background)
+                self.background.spawn(
+                    self._settle(call, decisions, timing, outcome),
+                    name=f"guardline-monitor-settle-{call.request_id}",
+                )
 
     async def _settle(
         self, call: ChatCall, decisions: Decisions, timing: RequestTiming, outcome: StreamOutcome
     ) -> None:
-        await outcome.settled()
+        worker = outcome.background
+        try:
+            await outcome.settled()
+        except asyncio.CancelledError:
+            # Shutdown cut the checks short: the record says so rather than going unwritten.
+            if worker is not None:
+                worker.cancel()
+                await asyncio.gather(worker, return_exceptions=True)
+            outcome.error = CancelledAtShutdown("the gateway shut down before the check ended")
+            self._stream_done(call, decisions, timing, outcome)
+            raise
+        if worker is not None and worker.cancelled():  # the worker alone was cancelled
+            outcome.error = CancelledAtShutdown("the gateway shut down before the check ended")
         self._stream_done(call, decisions, timing, outcome)
 
     def _stream_done(
         self, call: ChatCall, decisions: Decisions, timing: RequestTiming, outcome: StreamOutcome
     ) -> None:
         decisions.output = stream_result(outcome, decisions.stream_checks)
+        asked = decisions.stream_asked
+        if isinstance(outcome.error, CancelledAtShutdown) and decisions.output.request is None:
+            # No check finished (the last was cut short): record what it was asked to judge.
+            decisions.output = replace(decisions.output, request=asked)
         self._finished(call, decisions, timing, outcome)
 
     def _finished(
@@ -339,6 +375,12 @@ class ModerationPipeline:
     ) -> None:
         if self._on_finished is not None:
             self._on_finished(call, decisions, timing, outcome)
+
+
+class CancelledAtShutdown(GuardError):
+    """A background guard check the gateway cancelled at its shutdown deadline."""
+
+    reason = "cancelled_at_shutdown"
 
 
 def _api(call: ChatCall) -> ApiAdapter:

@@ -8,37 +8,20 @@ A shadow never blocks, never delays the request, and its guard failures are igno
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 from guard_engine.engine import GuardEngine
 from guard_engine.policy.compiled import CompiledPolicy
 from guard_engine.policy.store import PolicyStore
 from guard_engine.types import GuardRequest
+from proxy.background import BackgroundTasks
 from proxy.errors import GatewayError
 from proxy.forward import ChatCall
 from proxy.moderation.decide import StageResult, judge
 
 # Called for every shadow decision: (call, enforced policy, shadow policy, enforced, shadow).
 ShadowHook = Callable[[ChatCall, CompiledPolicy, CompiledPolicy, StageResult, StageResult], None]
-
-
-class BackgroundTasks:
-    """Fire-and-forget tasks kept referenced until they finish (asyncio keeps weak refs)."""
-
-    def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def drain(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 class ShadowRunner:
@@ -66,7 +49,10 @@ class ShadowRunner:
             shadow = self._policies.get(policy.shadow)
         except KeyError:
             return
-        self._background.spawn(self._compare(call, policy, shadow, request, enforced))
+        self._background.spawn(
+            self._compare(call, policy, shadow, request, enforced),
+            name=f"guardline-shadow-{call.request_id}-{enforced.stage}",
+        )
 
     async def _compare(
         self,

@@ -216,6 +216,7 @@ class ModerationSpans:
         kind: Kind,
         *,
         index: int | None = None,
+        upstream_started: bool = False,
     ) -> StageResult:
         """One guard decision in its own span; the guard gets this span's traceparent."""
         parent = _parent(timing)
@@ -223,7 +224,13 @@ class ModerationSpans:
         headers = span.carrier() if span is not None else None
         try:
             with timing.measure(kind):
-                result = await judge(engine, request, policy, headers=headers or None)
+                result = await judge(
+                    engine,
+                    request,
+                    policy,
+                    headers=headers or None,
+                    upstream_started=upstream_started,
+                )
         except BaseException as exc:
             if span is not None:
                 span.fail(exc)

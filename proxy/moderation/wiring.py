@@ -68,6 +68,7 @@ async def install_moderation(
         on_finished=on_finished,
         on_shadow=on_shadow,
         record_content=record_content,
+        background=state.background,
     )
     state.chat_service = pipeline
     state.moderation = pipeline

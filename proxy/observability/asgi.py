@@ -17,6 +17,7 @@ from typing import Final
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, use_span
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from proxy.disconnect import unanswered_status
 from proxy.observability import tracing
 from proxy.observability.metrics import GatewayMetrics
 
@@ -52,7 +53,7 @@ class ObservabilityMiddleware:
         started = time.perf_counter()
         state = scope.setdefault("state", {})
         state[STATE_START] = started
-        status = 500  # what the client gets if the app dies before answering
+        status = 0  # no response start yet: see unanswered_status below
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -64,7 +65,7 @@ class ObservabilityMiddleware:
             try:
                 await self.app(scope, receive, send_wrapper)
             finally:
-                self._observe(state, status, started)
+                self._observe(state, status or unanswered_status(state), started)
             return
 
         carrier = {
@@ -83,6 +84,7 @@ class ObservabilityMiddleware:
             with use_span(span, end_on_exit=False, record_exception=True):
                 await self.app(scope, receive, send_wrapper)
         finally:
+            status = status or unanswered_status(state)
             self._finish_span(span, method, state, status)
             self._observe(state, status, started)
 

@@ -21,6 +21,7 @@ import structlog
 from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from proxy.disconnect import unanswered_status
 from proxy.observability import tracing
 from proxy.observability.after_response import run_after_response
 from proxy.observability.asgi import (
@@ -93,7 +94,7 @@ class RequestLogMiddleware:
         started = state.get(STATE_START)
         if not isinstance(started, float):
             started = state[STATE_START] = time.perf_counter()
-        status = 500  # what the client gets if the app dies before answering
+        status = 0  # no response start yet: see unanswered_status below
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -107,7 +108,7 @@ class RequestLogMiddleware:
             # The response is out (or failed): the moderation report's deferred work, then
             # the request's line.
             run_after_response(state)
-            self._report(scope, state, status, started)
+            self._report(scope, state, status or unanswered_status(state), started)
 
     def _report(self, scope: Scope, state: dict[str, Any], status: int, started: float) -> None:
         summary = state.get(STATE_MODERATION)

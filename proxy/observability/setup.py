@@ -22,12 +22,14 @@ from proxy.observability import tracing
 from proxy.observability.late_spans import ReservedIds
 from proxy.observability.logs import Redactor, configure_logging
 from proxy.observability.metrics import GatewayMetrics
+from proxy.upstream_errors import configured_secrets
 
 if TYPE_CHECKING:
     from opentelemetry.sdk._logs import LoggerProvider
 
     from proxy.audit.think import ThinkCheck, ThinkScheduler
     from proxy.audit.writer import AuditWriter
+    from proxy.background import BackgroundTasks
 
 
 @dataclass
@@ -39,13 +41,21 @@ class Observability:
     log_provider: LoggerProvider | None
     redactor: Redactor
 
-    def think_scheduler(self, check: ThinkCheck, max_concurrency: int = 2) -> ThinkScheduler | None:
-        """THINK re-checks writing to this audit trail (None when the audit is off)."""
+    def think_scheduler(
+        self,
+        check: ThinkCheck,
+        max_concurrency: int = 2,
+        background: BackgroundTasks | None = None,
+    ) -> ThinkScheduler | None:
+        """THINK re-checks writing to this audit trail (None when the audit is off); with
+        `background`, the re-checks are registered there (drained at shutdown)."""
         if self.writer is None:
             return None
         from proxy.audit.think import ThinkScheduler
 
-        return ThinkScheduler(check, self.writer, self.metrics, max_concurrency)
+        return ThinkScheduler(
+            check, self.writer, self.metrics, max_concurrency, background=background
+        )
 
     async def aclose(self, timeout_s: float = 10.0) -> None:
         """Drain the audit queue, then flush and stop the exporters (off the event loop)."""
@@ -60,16 +70,8 @@ class Observability:
 
 def config_secrets(config: GatewayConfig) -> Iterator[str]:
     """Every secret value in the config: tenant keys (not their sha256: digests), upstream and
-    guard API keys."""
-    for tenant in config.auth.tenants.values():
-        yield from (key for key in tenant.keys if key and not key.startswith("sha256:"))
-    for upstream in config.upstreams.values():
-        if upstream.api_key:
-            yield upstream.api_key
-    for guard in config.guards.values():
-        api_key = getattr(guard, "api_key", None)
-        if api_key:
-            yield api_key
+    guard API keys, the admin key."""
+    yield from configured_secrets(config)
 
 
 def build_observability(

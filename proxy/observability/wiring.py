@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute
 from guard_engine.engine import GuardEngine
 from guard_engine.policy.compiled import CompiledPolicy
 from guard_engine.types import GuardRequest, Verdict
+from proxy.admin import AdminGate
 from proxy.audit.think import ThinkCheck
 from proxy.config_schema import GatewayConfig
 from proxy.handlers.metrics import metrics_route
@@ -46,9 +47,13 @@ def middleware(obs: Observability) -> list[Middleware]:
     ]
 
 
-def routes(obs: Observability, before_scrape: list[Callable[[], None]]) -> list[BaseRoute]:
-    """`GET /metrics` when metrics are on."""
-    return [] if obs.metrics is None else [metrics_route(obs.metrics, before_scrape)]
+def routes(
+    obs: Observability, before_scrape: list[Callable[[], None]], admin: AdminGate | None = None
+) -> list[BaseRoute]:
+    """`GET /metrics` when metrics are on (behind `admin` when it is restricted)."""
+    if obs.metrics is None:
+        return []
+    return [metrics_route(obs.metrics, before_scrape, admin=admin)]
 
 
 def think_check(engine: GuardEngine) -> ThinkCheck:
@@ -74,7 +79,7 @@ async def install_observed_moderation(
     from proxy.moderation.wiring import install_moderation
 
     engine = engine or build_engine(config)
-    think = obs.think_scheduler(think_check(engine))
+    think = obs.think_scheduler(think_check(engine), background=state.background)
     report = ModerationReport(
         engine=engine,
         metrics=obs.metrics,
@@ -95,6 +100,7 @@ async def install_observed_moderation(
     if before_scrape is not None:
         before_scrape.append(report.sample_breakers)
     if think is not None:
-        # Closers run in reverse: re-checks stop before the engine closes and the audit drains.
+        # The state drains its background tasks (re-checks included) before any closer runs;
+        # this stops the scheduler for good, before the engine closes and the audit drains.
         state.closers.append(think.aclose)
     return pipeline

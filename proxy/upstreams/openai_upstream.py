@@ -126,6 +126,8 @@ class OpenAIUpstream:
         self.offers_any_model = not cfg.models
         self._auth: bytes | None = f"Bearer {cfg.api_key}".encode() if cfg.api_key else None
         self._byok = byok and not cfg.api_key
+        # Called with the operator's key: client headers must be cut to an allow-list.
+        self.uses_operator_key = bool(cfg.api_key)
         self._timeouts = httpx.Timeout(
             connect=cfg.connect_timeout_s,
             read=cfg.read_timeout_s,

@@ -10,6 +10,8 @@ Behaviour (as the OpenAI API documents it):
 - a last user message `status:<code>` answers that HTTP status with an OpenAI error body;
 - `sleep:<seconds>` waits before answering (for timeouts);
 - `die:<n>` (streaming) sends n chunks, then drops the connection without `[DONE]`;
+- `echo-auth:<code>` answers that status with an error whose message repeats the
+  Authorization header received (as some providers and proxies do);
 - every request body and its Authorization header are recorded in `requests`.
 """
 
@@ -63,6 +65,17 @@ class LiteLLMTarget:
         text = _last_user_text(body)
         if text.startswith("sleep:"):
             await asyncio.sleep(float(text.removeprefix("sleep:")))
+        if text.startswith("echo-auth:"):
+            status = int(text.removeprefix("echo-auth:"))
+            received = request.headers.get("authorization", "")
+            message = f"Invalid credentials: {received}"
+            error = {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": None,
+            }
+            return Response(orjson.dumps({"error": error}), status, media_type="application/json")
         if text.startswith("status:"):
             status = int(text.removeprefix("status:"))
             kind, code, message = _ERRORS.get(status, ("server_error", None, "error"))

@@ -1,7 +1,8 @@
 """A real HTTP test double of SGLang serving Nemotron 3.5 Content Safety.
 
 A Starlette app run by uvicorn on 127.0.0.1 (ephemeral port) in a background thread, speaking
-SGLang's OpenAI-compatible API in the formats of guard-models.md sections 1.1-1.3:
+SGLang's OpenAI-compatible API in the formats of docs/guard-models.md, "Nemotron 3.5 Content
+Safety" (serving, request format, answer format):
 
 - `POST /v1/chat/completions` -> a `chat.completion` whose message content is a Nemotron
   verdict text (`User Safety: ...`, `Response Safety: ...` when a response was appended with
@@ -159,8 +160,8 @@ def verdict_text(body: Mapping[str, Any], b: Behaviour) -> tuple[str, str]:
 
 
 def llama_guard_text(body: Mapping[str, Any], b: Behaviour) -> str:
-    """Llama Guard 3's answer (guard-models.md section 3): it judges the LAST message only;
-    `unsafe_words` values are used as the S-codes it reports (non-codes report "S1"). Codes in
+    """Llama Guard 3's answer (docs/guard-models.md, "Llama Guard 3"): it judges the LAST message
+    only; `unsafe_words` values are used as the S-codes it reports (non-codes report "S1"). Codes in
     `chat_template_kwargs.excluded_category_keys` are never reported."""
     messages = body.get("messages") or []
     text, _ = _text_and_images(messages[-1]) if messages else ("", 0)

@@ -12,7 +12,12 @@ records what it received and which clients went away. Request headers steer it:
     x-double-chunk-delay-ms: 50   wait between stream chunks
     x-double-tool-calls: 1        answer with a tool call instead of text
     x-double-die-after: 2         stream: break the connection after this many chunks
-    x-double-echo: 1              add the received body and headers to the answer (`echo`)
+    x-double-echo: 1              add the received body and headers to the answer (`echo`);
+                                  with x-double-status, the error message and an `echo` field
+                                  repeat the headers received (as some upstreams echo
+                                  `Authorization`)
+    x-double-error-body: html     with x-double-status: answer a text/html page (not an OpenAI
+                                  envelope) that also shows the Authorization received
     x-double-id: abc              name this request in `disconnects` / `wait_disconnect`
     x-double-reasoning: text      the answer carries this reasoning first (streamed word by word)
     x-double-reasoning-field: f   ...under `reasoning_content` (default, as vLLM and DeepSeek),
@@ -25,6 +30,10 @@ records what it received and which clients went away. Request headers steer it:
                                   is cut-off JSON (carrying text), as a broken provider sends
     x-double-reply: Sure%2C%20... answer with this text (percent-encoded UTF-8); a stream sends
                                   it word by word
+    x-double-stream-error: 2      stream: after this many content chunks, an error event that
+                                  repeats the Authorization received (as some providers echo
+                                  it), sent in two network chunks split inside that value, and
+                                  the stream ends there (no [DONE])
 
 Every answer carries a vendor field (`x_double`) and a vendor header (`x-double-served`) so
 tests can check that unknown fields pass through the gateway in both directions.
@@ -130,9 +139,7 @@ class UpstreamDouble:
                 return
             status = int(headers.get("x-double-status", "200"))
             if status != 200:
-                message = f"double error {status}"
-                error = {"message": message, "type": "double_error", "param": None, "code": "x"}
-                await _json(send, status, {"error": error, "x_double": True})
+                await _error(send, status, headers)
                 return
             body = orjson.loads(raw)
             echo = {"body": body, "headers": headers} if headers.get("x-double-echo") else None
@@ -183,6 +190,9 @@ class UpstreamDouble:
             events = completions_api.stream_events(headers, body, chunks)
         else:
             events = _stream_events(body, chunks, tools, echo, headers)
+        error_after = int(headers.get("x-double-stream-error", "-1"))
+        if error_after >= 0:
+            events = [*events[: error_after + 1], *_error_event(headers)]
         for i, event in enumerate(events):
             if i == die_after:
                 raise DoubleDied("the double breaks the stream on request")
@@ -221,6 +231,42 @@ async def _json(send: Send, status: int, payload: Any) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
+async def _error(send: Send, status: int, headers: dict[str, str]) -> None:
+    auth = headers.get("authorization", "")
+    if headers.get("x-double-error-body") == "html":
+        page = f"<html><body><h1>{status} Bad Gateway</h1><p>{auth}</p></body></html>".encode()
+        start: Message = {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"text/html"), (b"x-double-served", b"1")],
+        }
+        await send(start)
+        await send({"type": "http.response.body", "body": page})
+        return
+    message = f"double error {status}"
+    payload: dict[str, Any] = {"x_double": True}
+    if headers.get("x-double-echo"):
+        message += f" (received Authorization: {auth})"
+        payload["echo"] = {"headers": headers}
+    error = {"message": message, "type": "double_error", "param": None, "code": "x"}
+    await _json(send, status, {"error": error, **payload})
+
+
+def _error_event(headers: dict[str, str]) -> list[bytes]:
+    """A mid-stream error event echoing the Authorization received, in two network chunks cut
+    in the middle of that value (a gateway must find a secret split across chunks)."""
+    auth = headers.get("authorization", "")
+    error = {
+        "message": f"double stream failed (received Authorization: {auth})",
+        "type": "server_error",
+        "param": None,
+        "code": "double_stream_error",
+    }
+    event = b"data: " + orjson.dumps({"error": error}) + b"\n\n"
+    cut = event.find(auth.encode()) + len(auth) // 2 if auth else len(event) // 2
+    return [event[:cut], event[cut:]]
+
+
 def _model(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "double"}
 
@@ -248,7 +294,7 @@ _USAGE = {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
 def _completion(
     headers: dict[str, str], body: dict[str, Any], echo: dict[str, Any] | None
 ) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": None}
+    message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
     if headers.get("x-double-tool-calls"):
         message["tool_calls"] = [
             {

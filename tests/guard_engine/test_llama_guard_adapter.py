@@ -1,4 +1,4 @@
-"""Contract tests of the Llama Guard 3 adapter (guard-models.md section 3)."""
+"""Contract tests of the Llama Guard 3 adapter (docs/guard-models.md, "Llama Guard 3")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Contract tests of the Nemotron 3.5 adapter: the request body of guard-models.md section 1.2
-and every output form of section 1.3."""
+"""Contract tests of the Nemotron 3.5 adapter: the request body of docs/guard-models.md,
+"Nemotron request format", and every answer form of "Nemotron answer format"."""
 
 from __future__ import annotations
 

@@ -187,7 +187,7 @@ def test_any_semantic_change_changes_the_hash(tmp_path: Path, change: str) -> No
 
 
 def test_custom_policy_uses_the_model_card_framing_unverified(tmp_path: Path) -> None:
-    """UNVERIFIED (guard-models.md 1.2): the custom_policy framing of the model card examples."""
+    """UNVERIFIED (docs/guard-models.md, "Custom policies"): the model card examples' framing."""
     text = (
         MINIMAL
         + "policy: |\n  Disallowed Behaviors:\n  - dating advice   \n\n  Allowed Behaviors:\n"
@@ -211,7 +211,8 @@ def test_custom_policy_is_byte_stable_and_description_is_one_line() -> None:
 
 
 def test_custom_taxonomy_keeps_s_codes_and_numbers_added_after_s24_unverified() -> None:
-    """UNVERIFIED (guard-models.md 1.5): `S<n>: <Name>.` lines, codes kept, new ones from S25."""
+    """UNVERIFIED (docs/guard-models.md, "Custom policies"): `S<n>: <Name>.` lines, codes kept,
+    new ones from S25."""
     kept = [c for c in DEFAULT_CATEGORIES if c != "Profanity"]
     text = render_taxonomy_unverified_s_codes(
         kept, [("Dating advice", "Romance advice."), ("X", "")]

@@ -113,3 +113,49 @@ def test_parallel_stream_sends_nothing_before_the_verdict(
     assert text == "no"  # not a single upstream byte leaked before the unsafe verdict
     safe = gateway.client().chat.completions.create(model="m", messages=SAFE, stream=True)
     assert "word0" in "".join(c.choices[0].delta.content or "" for c in safe if c.choices)
+
+
+def test_failed_output_check_says_the_upstream_was_called(
+    gateway: Gateway, guard: SGLangDouble, double: UpstreamDouble
+) -> None:
+    guard.configure(status=503)
+    gateway.start(input={"enabled": False}, on_guard_error="closed")
+    before = len(double.received)
+    with pytest.raises(openai.InternalServerError) as caught:
+        gateway.client().chat.completions.create(model="m", messages=SAFE)
+    assert caught.value.status_code == 503
+    assert caught.value.code == "guard_unavailable"
+    assert len(double.received) == before + 1  # the upstream was called
+    message = caught.value.message
+    assert "could not check the model's response" in message
+    assert "upstream model was called" in message and "withheld" in message
+    assert "not forwarded" not in message
+
+
+def test_failed_input_check_says_it_was_not_forwarded(
+    gateway: Gateway, guard: SGLangDouble
+) -> None:
+    guard.configure(status=503)
+    gateway.start(on_guard_error="closed")
+    with pytest.raises(openai.InternalServerError) as caught:
+        gateway.client().chat.completions.create(model="m", messages=SAFE)
+    assert "could not check this request" in caught.value.message
+    assert "not forwarded" in caught.value.message
+
+
+def test_failed_parallel_input_check_says_the_upstream_call_was_cancelled(
+    gateway: Gateway, guard: SGLangDouble
+) -> None:
+    guard.configure(status=503)
+    gateway.start(input={"parallel": True}, on_guard_error="closed")
+    with pytest.raises(openai.InternalServerError) as caught:
+        gateway.client().chat.completions.create(
+            model="m",
+            messages=SAFE,
+            extra_headers={"x-double-delay-ms": "3000"},
+        )
+    assert caught.value.code == "guard_unavailable"
+    message = caught.value.message
+    assert "could not check this request" in message
+    assert "not forwarded" not in message  # it was: the upstream call ran beside the check
+    assert "started at the same time (input.parallel), was cancelled" in message

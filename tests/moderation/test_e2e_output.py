@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.doubles.sglang_server import SGLangDouble
-from tests.moderation.conftest import Gateway
+from tests.moderation.conftest import Gateway, guard_texts
 
 UNSAFE_ANSWER = [{"role": "user", "content": "say: how to build a bomb"}]
 SAFE = [{"role": "user", "content": "Hello there"}]
@@ -92,10 +95,30 @@ def test_buffer_mode_checks_once_at_the_end(gateway: Gateway, guard: SGLangDoubl
     assert "word" not in text and reasons[-1] == "content_filter"
 
 
-def test_monitor_mode_streams_everything_and_records(gateway: Gateway) -> None:
+def _output_verdicts(gateway: Gateway) -> dict[tuple[str, str], float]:
+    """(verdict, category) -> count of output decisions, from the gateway's /metrics."""
+    text = httpx.get(f"{gateway.url}/metrics").text
+    out: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "guardline_verdicts_total" and sample.labels["stage"] == "output":
+                key = (sample.labels["verdict"], sample.labels["category"])
+                out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
+def test_monitor_mode_streams_everything_and_records(gateway: Gateway, guard: SGLangDouble) -> None:
     gateway.start(output={"stream": "monitor", "holdback_chars": 50})
     text, reasons, _ = _stream(gateway, 20)
     assert "word12" in text and reasons[-1] == "stop"
+    # Monitor mode checks behind the client's back: the unsafe window is judged and the
+    # request's output decision is recorded as unsafe (category Threat), once it settles.
+    deadline = time.monotonic() + 10
+    while _output_verdicts(gateway).get(("unsafe", "Threat")) != 1.0:
+        assert time.monotonic() < deadline, f"not recorded: {_output_verdicts(gateway)}"
+        time.sleep(0.05)
+    assert _output_verdicts(gateway) == {("unsafe", "Threat"): 1.0}
+    assert any("word12" in t for t in guard_texts(guard))
 
 
 def test_stream_headers_and_usage_pass_through(gateway: Gateway) -> None:

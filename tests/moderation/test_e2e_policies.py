@@ -106,14 +106,15 @@ def test_moderations_endpoint(gateway: Gateway) -> None:
     client = gateway.client()
     result = client.moderations.create(input=["have a nice day", "I will kill you"])
     assert [r.flagged for r in result.results] == [False, True]
-    assert result.results[1].categories.model_extra is not None or True
+    assert result.results[1].categories.violence is True
     raw = httpx.post(
         f"{gateway.url}/v1/moderations",
         json={"input": "I will kill you"},
         headers={"authorization": "Bearer x"},
     ).json()
-    assert raw["results"][0]["categories"]["Violence"] is True
-    assert raw["results"][0]["category_scores"]["Violence"] == 1.0
+    assert raw["results"][0]["categories"]["violence"] is True
+    assert raw["results"][0]["category_scores"]["violence"] == 1.0
+    assert raw["results"][0]["guardline"]["categories"] == ["Violence"]
     bad = httpx.post(f"{gateway.url}/v1/moderations", json={"input": 3})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"
 

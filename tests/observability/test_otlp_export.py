@@ -152,7 +152,21 @@ def test_a_dead_collector_never_blocks_or_fails_the_caller() -> None:
         }
     )
     tracer = tracing.tracer(provider)
-    for _ in range(100):
-        with tracer.start_as_current_span("r"):
-            pass
-    provider.shutdown()  # returns; nothing raised into the request path
+    failures: list[BaseException] = []
+
+    def requests_then_shutdown() -> None:
+        try:
+            for _ in range(100):
+                with tracer.start_as_current_span("r"):
+                    pass
+            provider.shutdown()
+        except BaseException as exc:  # reported to the test thread below
+            failures.append(exc)
+
+    # A bound on hanging, not a latency assertion: the export timeout is 0.5 s, so a caller
+    # (or shutdown) still blocked after 60 s means the dead collector blocks it.
+    worker = threading.Thread(target=requests_then_shutdown, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "spans or shutdown blocked on a dead collector"
+    assert failures == []  # nothing raised into the request path

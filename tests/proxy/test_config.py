@@ -155,8 +155,14 @@ def test_schema_error_and_unreadable_file(tmp_path: Path) -> None:
 
 
 def test_repository_config_loads() -> None:
+    from guard_engine.policy.compile import load_policy
+
     root = Path(__file__).resolve().parents[2]
-    if not (root / "policies" / "default.yaml").is_file():
-        pytest.skip("example policies not written yet")
     config = load_config(root / "config.yaml", env={})
-    assert config.routes[-1].name == "default"
+    assert [r.name for r in config.routes] == ["kids", "default"]
+    assert config.server.host == "127.0.0.1" and config.server.admin_key == ""
+    for route in config.routes:
+        # What `guardline serve` checks before it binds: every route's policy compiles.
+        policy = load_policy(route.policy, known_guards=list(config.guards))
+        assert Path(route.policy).parent == root / "policies"
+        assert policy.ref.startswith(Path(route.policy).stem + "@")

@@ -11,6 +11,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from proxy.config_schema import GatewayConfig
+from tests.doubles.litellm_target import LiteLLMTarget, ServerThread
 from tests.doubles.upstream import UpstreamDouble
 from tests.proxy.conftest import make_config
 
@@ -78,3 +79,27 @@ def test_unreachable_provider_is_502(
         with pytest.raises(openai.APIStatusError) as info:
             c.chat.completions.create(model="openai/m", messages=USER, stream=stream)
         assert info.value.status_code == 502
+
+
+def test_provider_error_that_echoes_the_key_is_redacted(
+    start_gateway: Callable[[GatewayConfig], str], double_url: str
+) -> None:
+    key = "sk-litellm-operator-4f1c9b"
+    with ServerThread(LiteLLMTarget().app) as target:
+        upstreams = {
+            "lite": {
+                "type": "litellm",
+                "model": "openai/target-model",
+                "api_base": target.base_url,
+                "api_key": key,
+            }
+        }
+        routes = [{"name": "lite", "upstream": "lite", "policy": "p.yaml"}]
+        base = start_gateway(make_config(double_url, upstreams=upstreams, routes=routes))
+        c = openai.OpenAI(base_url=base + "/v1", api_key="sk-own", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as info:
+            c.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "echo-auth:400"}]
+            )
+    assert "Invalid credentials: Bearer [redacted]" in info.value.message
+    assert key not in str(info.value.body)
