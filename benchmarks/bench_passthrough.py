@@ -67,6 +67,15 @@ UPLOAD = (
     + f"\r\n--{BOUNDARY}--\r\n".encode()
 )
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
+# The same question to the Responses API (the bench upstream answers every path alike).
+RESPONSES = orjson.dumps(
+    {
+        "model": "bench-model",
+        "instructions": "You are a helpful assistant.",
+        "input": "Write one short sentence about foxes.",
+        "temperature": 0.2,
+    }
+)
 
 
 def free_port() -> int:
@@ -326,6 +335,10 @@ async def bench(args: argparse.Namespace, dport: int, gport: int, gpid: int) -> 
     print(row("chat, JSON", d, g, cpu), flush=True)
     d, g, cpu = await concurrency_one(direct_s, through_s, args.requests, gpid)
     print(row(f"chat, SSE {args.chunks} chunks (to last byte)", d, g, cpu), flush=True)
+    direct_r = (dport, request_bytes(dport, "/v1/responses", RESPONSES))
+    through_r = (gport, request_bytes(gport, "/v1/responses", RESPONSES))
+    d, g, cpu = await concurrency_one(direct_r, through_r, args.requests, gpid)
+    print(row("responses, JSON", d, g, cpu), flush=True)
 
     print(
         f"\n## open-loop load, {args.trials} trials x {args.seconds:g} s per rate and path, "

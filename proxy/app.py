@@ -29,10 +29,12 @@ from proxy.client_headers import HeaderAllowList
 from proxy.config_schema import GatewayConfig, LiteLLMUpstreamConfig, OpenAIUpstreamConfig
 from proxy.errors import GatewayError, MethodNotAllowed, NotFound
 from proxy.handlers.chat import chat_completions
+from proxy.handlers.completions import create_completion
 from proxy.handlers.health import healthz, readyz
 from proxy.handlers.models import list_models
 from proxy.handlers.moderations import create_moderation
 from proxy.handlers.passthrough import passthrough
+from proxy.handlers.responses import create_response
 from proxy.middleware import GatewayMiddleware
 from proxy.routing import Router
 from proxy.state import GatewayState, ReadinessProbe
@@ -143,6 +145,8 @@ def _routes(config: GatewayConfig) -> list[BaseRoute]:
         routes.append(Route(f"{prefix}/v1/chat/completions", chat_completions, methods=["POST"]))
         routes.append(Route(f"{prefix}/v1/models", list_models, methods=["GET"]))
         routes.append(Route(f"{prefix}/v1/moderations", create_moderation, methods=["POST"]))
+        routes.append(Route(f"{prefix}/v1/responses", create_response, methods=["POST"]))
+        routes.append(Route(f"{prefix}/v1/completions", create_completion, methods=["POST"]))
     # Every other /v1/ endpoint, after all explicit routes: relayed by the route's endpoint rule.
     for prefix in prefixes:
         routes.append(Route(f"{prefix}/v1/{{path:path}}", passthrough, methods=_ANY_METHOD))

@@ -18,6 +18,7 @@ from proxy.upstream_errors import redact_error, sanitize_error_reply
 from proxy.upstreams.reply import RawHeaders, UpstreamReply
 
 if TYPE_CHECKING:
+    from proxy.apis.base import ApiAdapter
     from proxy.state import GatewayState
 
 
@@ -35,6 +36,8 @@ class ChatCall:
     started: float | None = None
     # The ASGI scope's per-request state, shared with the middlewares (request log, span).
     scope_state: dict[str, Any] | None = None
+    # The API shape (proxy.apis): None is chat completions; the Responses API sets its own.
+    api: ApiAdapter | None = None
 
 
 ChatService = Callable[["GatewayState", ChatCall], Awaitable[UpstreamReply]]
@@ -51,7 +54,10 @@ async def forward_chat(state: GatewayState, call: ChatCall) -> UpstreamReply:
     allow = state.header_allow_lists.get(call.route.name)
     headers = call.headers if allow is None else allow.filter(call.headers)
     try:
-        reply = await upstream.chat(call.body, headers)
+        if call.api is not None:  # another API shape (proxy.apis): its own upstream path
+            reply = await call.api.send(upstream, call.body, headers)
+        else:
+            reply = await upstream.chat(call.body, headers)
     except GatewayError as exc:
         redact_error(exc, state.redactor)
         raise

@@ -8,7 +8,7 @@ silently dropped image. Content the guard cannot see is refused or flagged per p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ from guard_engine.images import load_image
 from guard_engine.policy.compiled import CompiledPolicy
 from guard_engine.types import GuardImage, GuardRequest
 from proxy.errors import InvalidField
-from proxy.moderation.extract import extract_input
+from proxy.moderation.extract import ImageRef, extract_input
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +47,16 @@ async def load_images(
 
 
 async def prepare_input(
-    messages: list[dict[str, Any]], policy: CompiledPolicy, fetcher: ImageFetcher | None
+    messages: list[dict[str, Any]],
+    policy: CompiledPolicy,
+    fetcher: ImageFetcher | None,
+    rename: Callable[[str], str] | None = None,
 ) -> PreparedInput:
+    """`rename` turns `messages[i]...` params into the API's own names (proxy.apis)."""
     content = extract_input(messages, policy.input)
+    if rename is not None:
+        content.uncheckable = [rename(p) for p in content.uncheckable]
+        content.images = [ImageRef(url=r.url, param=rename(r.param)) for r in content.images]
     if content.uncheckable and policy.input.on_uncheckable == "refuse":
         param = content.uncheckable[0]
         raise InvalidField(

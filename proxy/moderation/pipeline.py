@@ -29,20 +29,15 @@ from guard_engine.image_fetch import ImageFetcher
 from guard_engine.policy.compiled import CompiledPolicy
 from guard_engine.policy.store import PolicyStore
 from guard_engine.types import GuardRequest, Stage, Verdict
+from proxy.apis.base import ApiAdapter
+from proxy.apis.chat import CHAT
 from proxy.background import BackgroundTasks
 from proxy.errors import GatewayError, UpstreamError
 from proxy.forward import ChatCall, ChatService, forward_chat
-from proxy.moderation.blocks import (
-    input_violation,
-    redact_completion,
-    refusal_completion,
-    refusal_stream,
-)
+from proxy.moderation.blocks import input_violation
 from proxy.moderation.decide import StageResult, skipped
-from proxy.moderation.extract import extract_output, uncheckable_output
 from proxy.moderation.headers import Decisions
 from proxy.moderation.inputs import prepare_input
-from proxy.moderation.message_text import strip_choices
 from proxy.moderation.shadow import ShadowHook, ShadowRunner
 from proxy.moderation.spans import ModerationSpans
 from proxy.moderation.stream_decision import stream_result, unchecked_verdict
@@ -50,7 +45,6 @@ from proxy.observability.timing import Kind, RequestTiming
 from proxy.observability.tracing import SPAN_GUARD_HOLDBACK
 from proxy.streaming.holdback import moderate_stream
 from proxy.streaming.outcome import StreamOutcome
-from proxy.streaming.strip import strip_reasoning_stream
 from proxy.upstreams.reply import UpstreamReply
 
 if TYPE_CHECKING:
@@ -108,7 +102,9 @@ class ModerationPipeline:
         decisions: Decisions,
         timing: RequestTiming,
     ) -> UpstreamReply:
-        prepared = await prepare_input(call.body.messages, policy, self.fetcher)
+        api = _api(call)
+        rename = api.param_namer(call.body)
+        prepared = await prepare_input(call.body.messages, policy, self.fetcher, rename)
         decisions.unchecked = prepared.unchecked
         guard_request = prepared.request
         check_input = policy.input.enabled and not prepared.empty
@@ -186,20 +182,15 @@ class ModerationPipeline:
         timing.finish()
         headers = decisions.headers(timing.server_timing())
         self._finished(call, decisions, timing, None)
-        model, refusal = call.body.model, policy.on_block.refusal
+        api, refusal = _api(call), policy.on_block.refusal
         if call.body.stream:
-            events = refusal_stream(
-                request_id=call.request_id,
-                model=model,
-                refusal=refusal,
-                include_usage=call.body.include_usage,
-            )
+            events = api.refusal_events(call.body, call.request_id, refusal)
             return UpstreamReply(
                 status=200,
                 headers=[(b"content-type", b"text/event-stream"), *headers],
                 stream=_iterate(events),
             )
-        body = refusal_completion(request_id=call.request_id, model=model, refusal=refusal)
+        body = api.refusal_body(call.body, call.request_id, refusal)
         return UpstreamReply(
             status=200, headers=[(b"content-type", b"application/json"), *headers], body=body
         )
@@ -216,7 +207,7 @@ class ModerationPipeline:
         if reply.status >= 400 or not policy.output.enabled:
             decisions.output = skipped("output")
             if reply.status < 400 and policy.output.reasoning == "strip":
-                _strip_unchecked(reply)
+                _strip_unchecked(reply, _api(call))
             return self._done(call, decisions, timing, reply)
         if reply.stream is None:
             return await self._check_body(call, policy, decisions, timing, prompt, reply)
@@ -236,6 +227,7 @@ class ModerationPipeline:
             outcome=outcome,
             strip_reasoning=policy.output.reasoning == "strip",
             on_uncheckable=policy.input.on_uncheckable,
+            new_text=_api(call).new_stream_text,
         )
         reply.stream = self._stream_finished(
             call, decisions, timing, outcome, moderated, upstream_stream
@@ -256,22 +248,23 @@ class ModerationPipeline:
         except orjson.JSONDecodeError:
             await reply.aclose()
             raise UpstreamError("The upstream answered with a body that is not JSON.") from None
+        api = _api(call)
         if not isinstance(data, dict):
             data = {}
-        elif policy.output.reasoning == "strip" and strip_choices(data, "message"):
+        elif policy.output.reasoning == "strip" and api.strip_reasoning(data):
             # Removed before the check, so the client receives exactly what the guard judged.
             reply.body = orjson.dumps(data)
-        unreadable = uncheckable_output(data)
+        unreadable = api.uncheckable_output(data)
         if unreadable:
             # Output parts nobody can read as text: the policy's refuse/flag rule decides.
             if policy.input.on_uncheckable == "refuse":
                 decisions.output = StageResult(
                     stage="output", status="degraded", degraded_reason="uncheckable_refused"
                 )
-                reply.body = redact_completion(data, policy.on_block.refusal)
+                reply.body = api.redact(data, policy.on_block.refusal)
                 return self._done(call, decisions, timing, reply)
             decisions.unchecked = (*decisions.unchecked, *unreadable)  # x-guardline-unchecked
-        text = extract_output(data)
+        text = api.output_text(data)
         if not text:
             decisions.output = skipped("output")
             return self._done(call, decisions, timing, reply)
@@ -279,7 +272,7 @@ class ModerationPipeline:
         decisions.output = await self._judge("output", request, policy, timing)
         self.shadows.run(call, policy, request, decisions.output)
         if decisions.output.flagged:
-            reply.body = redact_completion(data, policy.on_block.refusal)
+            reply.body = api.redact(data, policy.on_block.refusal)
         elif unreadable and decisions.output.status == "safe":
             decisions.output = replace(
                 decisions.output, status="degraded", degraded_reason="uncheckable_flagged"
@@ -395,16 +388,21 @@ class CancelledAtShutdown(GuardError):
     reason = "cancelled_at_shutdown"
 
 
-def _strip_unchecked(reply: UpstreamReply) -> None:
+def _api(call: ChatCall) -> ApiAdapter:
+    """The call's API adapter (proxy.apis); chat completions unless the handler set one."""
+    return call.api if call.api is not None else CHAT
+
+
+def _strip_unchecked(reply: UpstreamReply, api: ApiAdapter) -> None:
     """Removes reasoning from an answer no output check reads (`output.enabled: false`)."""
     if reply.stream is not None:
-        reply.stream = strip_reasoning_stream(reply.stream)
+        reply.stream = api.strip_stream(reply.stream)
         return
     try:
         data = orjson.loads(reply.body)
     except orjson.JSONDecodeError:
-        return  # not a chat completion: nothing of it is reasoning we could find
-    if isinstance(data, dict) and strip_choices(data, "message"):
+        return  # not an answer of this API: nothing of it is reasoning we could find
+    if isinstance(data, dict) and api.strip_reasoning(data):
         reply.body = orjson.dumps(data)
 
 

@@ -55,7 +55,8 @@ def with_trace_headers(headers: RawHeaders, carrier: dict[str, str]) -> RawHeade
 
 
 def _usage(body: bytes) -> tuple[str | None, int | None, int | None]:
-    """(response model, input tokens, output tokens) of a complete chat completion body."""
+    """(response model, input tokens, output tokens) of a complete answer body (chat or
+    Responses API)."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -73,6 +74,8 @@ def _tokens(usage: Any) -> tuple[int | None, int | None]:
     if not isinstance(usage, dict):
         return None, None
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if prompt is None and completion is None:  # the Responses API's names
+        prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
     return (
         prompt if isinstance(prompt, int) else None,
         completion if isinstance(completion, int) else None,

@@ -81,6 +81,7 @@ class ResponseText:
     __slots__ = (
         "_choices",
         "created",
+        "ended",
         "error",
         "finished",
         "id",
@@ -101,6 +102,7 @@ class ResponseText:
         # Every choice seen so far has sent its finish_reason: the answer's text is complete.
         self.finished = False
         self.unreadable = False  # the last chunk read had content parts that are not text
+        self.ended = False  # chat streams end at `[DONE]`, which the moderators see themselves
 
     def add(self, data: bytes) -> int:
         """Reads one event's JSON payload; returns the text characters it added, -1 if malformed."""
@@ -188,6 +190,10 @@ class ResponseText:
         self.unreadable = False
         added = self.add_chunk(chunk)
         return raw, added, not self.unreadable
+
+    def refusal(self, refusal: str, *, after_text: bool, dropped: list[bytes]) -> bytes:
+        """The chunk ending a blocked stream (see `refusal_chunk`); `dropped` is not needed."""
+        return refusal_chunk(self, refusal, after_text=after_text)
 
     @property
     def indices(self) -> list[int]:

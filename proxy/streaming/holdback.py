@@ -51,7 +51,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 
@@ -62,16 +62,42 @@ from proxy.sse import SSEEvent, SSEParser
 from proxy.streaming.chunks import (
     ResponseText,
     guard_error_event,
-    refusal_chunk,
     upstream_error_event,
 )
 from proxy.streaming.outcome import StreamOutcome
 from proxy.streaming.reader import UpstreamReader, describe_error
 
-__all__ = ["StreamCheck", "StreamMode", "StreamOutcome", "moderate_stream"]
+__all__ = ["StreamCheck", "StreamMode", "StreamOutcome", "StreamText", "moderate_stream"]
 
 StreamCheck = Callable[[str], Awaitable[Verdict]]
 StreamMode = Literal["holdback", "buffer", "monitor"]
+
+
+class StreamText(Protocol):
+    """What the stream moderators need from one API's stream shape (an API adapter's reader).
+
+    `ResponseText` reads chat.completion.chunk events (the answer ends at `[DONE]`); the
+    Responses API's reader (`proxy.apis.responses_stream`) reads its typed events (the answer
+    ends at its terminal event, `ended`)."""
+
+    total: int  # characters of text read so far
+    finished: bool  # the answer's text is complete (a final check may run now)
+    ended: bool  # the terminal event was read: nothing after it is read
+    error: str | None
+    usage: dict[str, Any] | None
+    model: str | None
+
+    def read(self, event: SSEEvent, *, strip_reasoning: bool = False) -> tuple[bytes, int, bool]:
+        """(bytes to send for the event, text characters it added, checkable)."""
+        ...
+
+    def render(self) -> str:
+        """All text read so far, as the guard judges it."""
+        ...
+
+    def refusal(self, refusal: str, *, after_text: bool, dropped: list[bytes]) -> bytes:
+        """The events that end a blocked stream (`dropped`: the held events never sent)."""
+        ...
 
 _NEVER = sys.maxsize  # buffer mode: no window is ever large enough; only the final check runs
 
@@ -87,6 +113,7 @@ def moderate_stream(
     first_window_chars: int | None = None,
     strip_reasoning: bool = False,
     on_uncheckable: Uncheckable = "refuse",
+    new_text: Callable[[], StreamText] = ResponseText,
 ) -> AsyncGenerator[bytes, None]:
     """The bytes to send to the client for one streamed chat completion (see module doc).
 
@@ -94,6 +121,7 @@ def moderate_stream(
     has arrived: the first token then waits for one guard call, not for a whole window.
     `strip_reasoning` removes reasoning from every event; `on_uncheckable` says what happens
     to an event the gateway cannot parse (monitor mode always releases and records it).
+    `new_text` makes the reader of the API's stream shape (default: chat completions).
 
     A plain function returning the async generator, so a bad `mode` fails at the call.
     """
@@ -106,6 +134,7 @@ def moderate_stream(
             check=check,
             outcome=outcome,
             strip_reasoning=strip_reasoning,
+            new_text=new_text,
         )
     if mode == "holdback":
         window = max(1, holdback_chars)
@@ -115,7 +144,7 @@ def moderate_stream(
     else:
         raise ValueError(f"unknown output stream mode: {mode!r}")
     rules = _Rules(strip_reasoning=strip_reasoning, refuse_uncheckable=on_uncheckable == "refuse")
-    return _gated(upstream, window, check, refusal, outcome, first, rules)
+    return _gated(upstream, window, check, refusal, outcome, first, rules, new_text())
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +185,7 @@ def usable(event: SSEEvent) -> SSEEvent | None:
     return SSEEvent(event.raw + b"\n\n", event.data)
 
 
-def ended_early(outcome: StreamOutcome, text: ResponseText) -> bytes:
+def ended_early(outcome: StreamOutcome, text: StreamText) -> bytes:
     """Records why the stream ended without `[DONE]` and returns the event that tells the
     client. When the upstream already sent an error event (forwarded in order), that one says
     it and nothing is added."""
@@ -176,9 +205,9 @@ async def _gated(
     outcome: StreamOutcome,
     first_window: int,
     rules: _Rules,
+    text: StreamText,
 ) -> AsyncGenerator[bytes, None]:
     parser = SSEParser()
-    text = ResponseText()
     reader = UpstreamReader(upstream)
     # Held events, oldest first: (seq, chars, raw). seq numbers the events that carry text
     # (0 for events without); an event is covered once a passed check started at seq >= its own.
@@ -228,9 +257,12 @@ async def _gated(
                     outcome.verdicts.append(verdict)
                     if verdict.flagged:
                         outcome.blocked = True
+                        dropped = [raw for _, _, raw in held]
                         held.clear()
                         await reader.aclose()
-                        yield refusal_chunk(text, refusal, after_text=outcome.released_chars > 0)
+                        yield text.refusal(
+                            refusal, after_text=outcome.released_chars > 0, dropped=dropped
+                        )
                         return
                     checked = inflight_seq
                     out = release()
@@ -267,15 +299,21 @@ async def _gated(
                     outcome.uncheckable += 1
                     if rules.refuse_uncheckable:
                         outcome.blocked = outcome.refused_uncheckable = True
+                        dropped = [raw for _, _, raw in held]
                         held.clear()
                         await reader.aclose()
-                        yield refusal_chunk(text, refusal, after_text=outcome.released_chars > 0)
+                        yield text.refusal(
+                            refusal, after_text=outcome.released_chars > 0, dropped=dropped
+                        )
                         return
                 if chars > 0:
                     seq += 1
                     held.append((seq, chars, raw))
                 else:
                     held.append((0, 0, raw))
+                if text.ended:  # a terminal event that is not `[DONE]` (Responses API)
+                    outcome.completed = ended = True
+                    break
             out = release() if held and held[0][0] == 0 else b""
             if keepalive:
                 out += b"".join(keepalive)

@@ -17,12 +17,12 @@ end of the body. Guard failures are recorded in `outcome.error`; checking contin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from guard_engine.errors import GuardError
 from proxy.sse import SSEParser
 from proxy.streaming.chunks import ResponseText
-from proxy.streaming.holdback import StreamCheck, ended_early, timed_check, usable
+from proxy.streaming.holdback import StreamCheck, StreamText, ended_early, timed_check, usable
 from proxy.streaming.outcome import StreamOutcome
 from proxy.streaming.reader import UpstreamReader, describe_error
 
@@ -33,7 +33,7 @@ class _BackgroundChecks:
     __slots__ = ("_check", "_final", "_launched", "_outcome", "_task", "_text", "_wake", "_window")
 
     def __init__(
-        self, check: StreamCheck, outcome: StreamOutcome, text: ResponseText, window: int
+        self, check: StreamCheck, outcome: StreamOutcome, text: StreamText, window: int
     ) -> None:
         self._check = check
         self._outcome = outcome
@@ -85,9 +85,10 @@ async def monitor_stream(
     check: StreamCheck,
     outcome: StreamOutcome,
     strip_reasoning: bool = False,
+    new_text: Callable[[], StreamText] = ResponseText,
 ) -> AsyncGenerator[bytes, None]:
     parser = SSEParser()
-    text = ResponseText()
+    text = new_text()
     reader = UpstreamReader(upstream)
     checks = _BackgroundChecks(check, outcome, text, max(1, holdback_chars))
     try:
@@ -114,6 +115,9 @@ async def monitor_stream(
                 if not checkable:  # released unchecked (monitor never holds); recorded
                     outcome.uncheckable += 1
                 outcome.released_chars += chars
+                if text.ended:  # a terminal event that is not `[DONE]` (Responses API)
+                    outcome.completed = True
+                    break
             checks.poke()
             if chunk is None:
                 await reader.aclose()

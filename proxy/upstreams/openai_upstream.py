@@ -120,6 +120,8 @@ class OpenAIUpstream:
         self._alias = dict(cfg.model_alias)
         self._url = httpx.URL(cfg.base_url.rstrip("/") + "/chat/completions")
         self._models_url = httpx.URL(cfg.base_url.rstrip("/") + "/models")
+        self._responses_url = httpx.URL(cfg.base_url.rstrip("/") + "/responses")
+        self._completions_url = httpx.URL(cfg.base_url.rstrip("/") + "/completions")
         # No `models` list: the upstream serves whatever it has, and /v1/models asks it.
         self.offers_any_model = not cfg.models
         self._auth: bytes | None = f"Bearer {cfg.api_key}".encode() if cfg.api_key else None
@@ -157,11 +159,24 @@ class OpenAIUpstream:
         return out
 
     async def chat(self, body: ChatBody, client_headers: RawHeaders) -> UpstreamReply:
+        return await self._post(self._url, body, client_headers)
+
+    async def responses(self, body: ChatBody, client_headers: RawHeaders) -> UpstreamReply:
+        """`POST {base_url}/responses` (the Responses API), relayed like a chat completion."""
+        return await self._post(self._responses_url, body, client_headers)
+
+    async def completions(self, body: ChatBody, client_headers: RawHeaders) -> UpstreamReply:
+        """`POST {base_url}/completions` (legacy completions), relayed like a chat completion."""
+        return await self._post(self._completions_url, body, client_headers)
+
+    async def _post(
+        self, url: httpx.URL, body: ChatBody, client_headers: RawHeaders
+    ) -> UpstreamReply:
         alias = self._alias.get(body.model)
         content = body.raw if alias is None else body.with_model(alias)
         request = httpx.Request(
             "POST",
-            self._url,
+            url,
             content=content,
             headers=self._headers(client_headers),
             extensions={"timeout": self._timeouts},

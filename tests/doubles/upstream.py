@@ -2,6 +2,8 @@
 
 It serves `POST /v1/chat/completions` and `GET /v1/models` the way OpenAI does (JSON, or SSE
 chunks ending with `data: [DONE]`, a usage chunk when `stream_options.include_usage`), and
+`POST /v1/responses` (a Response object, or its typed SSE events: see `responses_api.py`) and
+`POST /v1/completions` (legacy `text_completion`s: `completions_api.py`), and
 records what it received and which clients went away. Request headers steer it:
 
     x-double-status: 429          answer with this status and an OpenAI error envelope
@@ -51,6 +53,7 @@ from typing import Any
 import orjson
 from starlette.types import Message, Receive, Scope, Send
 
+from tests.doubles import completions_api, responses_api
 from tests.doubles.endpoints import STREAMED_UPLOAD, EndpointsDouble
 
 
@@ -121,6 +124,10 @@ class UpstreamDouble:
             await _json(send, 200, {"object": "list", "data": [_model("double-model")]})
         elif path == "/v1/chat/completions" and scope["method"] == "POST":
             await self._chat(headers, body, receive, send)
+        elif path == "/v1/responses" and scope["method"] == "POST":
+            await self._chat(headers, body, receive, send, api="responses")
+        elif path == "/v1/completions" and scope["method"] == "POST":
+            await self._chat(headers, body, receive, send, api="completions")
         elif await self.endpoints.serve(scope["method"], path, headers, body, receive, send):
             pass  # embeddings, images, audio, files: tests/doubles/endpoints.py
         else:
@@ -128,7 +135,12 @@ class UpstreamDouble:
             await _json(send, 404, {"error": {**error, "param": None, "code": None}})
 
     async def _chat(
-        self, headers: dict[str, str], raw: bytes, receive: Receive, send: Send
+        self,
+        headers: dict[str, str],
+        raw: bytes,
+        receive: Receive,
+        send: Send,
+        api: str = "chat",
     ) -> None:
         request_id = headers.get("x-double-id", "")
         gone = asyncio.ensure_future(_wait_disconnect(receive))
@@ -144,9 +156,13 @@ class UpstreamDouble:
             body = orjson.loads(raw)
             echo = {"body": body, "headers": headers} if headers.get("x-double-echo") else None
             if body.get("stream"):
-                finished = await self._stream(headers, body, echo, gone, send)
+                finished = await self._stream(headers, body, echo, gone, send, api)
                 if not finished:
                     self._record(request_id)
+            elif api == "responses":
+                await _json(send, 200, responses_api.response(headers, body, echo))
+            elif api == "completions":
+                await _json(send, 200, completions_api.completion(headers, body))
             else:
                 await _json(send, 200, _completion(headers, body, echo))
         finally:
@@ -163,6 +179,7 @@ class UpstreamDouble:
         echo: dict[str, Any] | None,
         gone: asyncio.Future[None],
         send: Send,
+        api: str = "chat",
     ) -> bool:
         """Send the SSE stream; False when the client went away before it ended."""
         chunks = int(headers.get("x-double-chunks", "3"))
@@ -179,7 +196,12 @@ class UpstreamDouble:
                 ],
             }
         )
-        events = _stream_events(body, chunks, tools, echo, headers)
+        if api == "responses":
+            events = responses_api.stream_events(headers, body, chunks, echo)
+        elif api == "completions":
+            events = completions_api.stream_events(headers, body, chunks)
+        else:
+            events = _stream_events(body, chunks, tools, echo, headers)
         error_after = int(headers.get("x-double-stream-error", "-1"))
         if error_after >= 0:
             events = [*events[: error_after + 1], *_error_event(headers)]
