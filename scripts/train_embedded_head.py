@@ -122,7 +122,21 @@ class Data:
         for _, ex in self.answers:
             texts.append(ex.context)
             texts.extend(ex.windows)
-        self.cache.fill(texts)
+        if args.cached_only:
+            # A quick look while the cache is still filling: records with any text not yet
+            # embedded are left out (never for the shipped weights).
+            missing = set(self.cache.missing(texts))
+            self.prompt_wins = {
+                i: w for i, w in self.prompt_wins.items() if not missing.intersection(w)
+            }
+            self.answers = [
+                (i, ex)
+                for i, ex in self.answers
+                if ex.context not in missing and not missing.intersection(ex.windows)
+            ]
+            print(f"--cached-only: {len(missing)} texts not embedded yet", file=sys.stderr)
+        else:
+            self.cache.fill(texts)
 
     def prompt_matrix(self, splits: set[str]) -> tuple[F32, F32, F32]:
         """(X, y, w), one row per window: a record's windows share its weight; each file's
@@ -169,13 +183,15 @@ class Data:
         """Unsafe texts with known categories: (X, Y multi-hot, names)."""
         counts: Counter[str] = Counter()
         items: list[tuple[list[str], tuple[str, ...]]] = []
-        whole_answer = {}
+        whole_answer: dict[int, list[str]] = {}
         for j, ex in self.answers:
             whole_answer.setdefault(j, ex.windows)  # the first example is the whole answer
         for i, rec in enumerate(self.records):
             if rec.label != 1 or not rec.taxonomy or self.splits[i] not in splits:
                 continue
-            wins = self.prompt_wins[i] if rec.kind == "prompt" else whole_answer[i]
+            wins = self.prompt_wins.get(i) if rec.kind == "prompt" else whole_answer.get(i)
+            if wins is None:  # left out by --cached-only
+                continue
             items.append((wins, rec.taxonomy))
             counts.update(rec.taxonomy)
         names = sorted(n for n, c in counts.items() if c >= MIN_CATEGORY_EXAMPLES)
@@ -255,6 +271,11 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=1500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--embed-only", action="store_true", help="fill the embedding cache and stop")
+    ap.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="train on the records already embedded (a quick look; not for shipped weights)",
+    )
     args = ap.parse_args()
 
     data = Data(args)
