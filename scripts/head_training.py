@@ -22,8 +22,11 @@ PATIENCE = 300
 
 
 def project_out(head: Head, basis: F32) -> Head:
-    """The same head applied to x - (x U) U^T: folded into the first layer, so free."""
-    w1 = head.w1 - basis @ (basis.T @ head.w1)
+    """The same head applied to x - (x U) U^T (per 384-float block of its input, so a
+    response head's context and answer halves alike): folded into the first layer, so free."""
+    dim = basis.shape[0]
+    blocks = np.split(head.w1, head.w1.shape[0] // dim, axis=0)
+    w1 = np.concatenate([b - basis @ (basis.T @ b) for b in blocks], axis=0)
     return Head(w1=np.asarray(w1, np.float32), b1=head.b1, w2=head.w2, b2=head.b2)
 
 

@@ -27,6 +27,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from guard_engine.taxonomy import DEFAULT_CATEGORIES
+
+TAXONOMY = frozenset(DEFAULT_CATEGORIES)
+
 PERMISSIVE = {"MIT", "CC-BY-4.0", "Apache-2.0", "BSD-3-Clause", "CC0-1.0", "CC-BY-2.0-FR"}
 
 # The Nemotron / Aegis 2.0 categories the embedded guard can name, from the labels the data
@@ -87,9 +91,10 @@ CATEGORY_MAP: dict[str, dict[str, tuple[str, ...]]] = {
         "Government decision-making": ("High Risk Gov Decision Making",),
         "Harassment/Discrimination": ("Harassment", "Hate/Identity Hate"),
     },
-    # hand-written probes already use the taxonomy's own names
-    "harm_probe": {},
 }
+# Hand-written files (the probes in benchmarks/, data/handwritten/) name their categories in
+# the guard's taxonomy already.
+HANDWRITTEN_SOURCES = {"harm_probe", "response_probe", "supplement"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +113,8 @@ class Record:
     @property
     def taxonomy(self) -> tuple[str, ...]:
         """The record's categories in the guard's taxonomy (empty where unknown)."""
-        if self.source == "harm_probe":
-            return self.categories
+        if self.source in HANDWRITTEN_SOURCES:
+            return tuple(c for c in self.categories if c in TAXONOMY)
         mapping = CATEGORY_MAP.get(self.source, {})
         out: list[str] = []
         for c in self.categories[:1] if self.source == "jailbreakbench" else self.categories:

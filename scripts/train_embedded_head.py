@@ -8,7 +8,8 @@ Reproduces guard_engine/data/embedded_head.npz and embedded_head.json byte for b
 
 Steps:
 1. Read every data/datasets/*.jsonl (licences in PERMISSIVE only; format and provenance in
-   data/datasets/README.md).
+   data/datasets/README.md) and data/handwritten/*.jsonl (written for guardline, see its
+   README).
 2. Split by unit (scripts/safety_data.py): translations, a prompt and its answers, and exact
    repeats across files stay on one side. 20% of units are `test`, 10% `val`, the rest
    `train`; files in HELD_OUT are never trained on.
@@ -16,11 +17,12 @@ Steps:
    prefix, 500-token windows), cached in .cache/embeddings (scripts/embedding_cache.py): the
    first run takes about an hour on one core, later runs seconds.
 4. Train three heads (guard_engine/backends/embedded_head.py) with numpy full-batch Adam and
-   early stopping on `val`, then refit on train+val for the chosen number of epochs:
+   early stopping on `val` (the head of the best validation epoch is kept):
    - prompt head: MLP on prompt windows. Class-balanced; each file's weight is capped so the
      large benign sets do not drown the small ones. The directions that separate languages
-     (from MultiJail's parallel translations) are projected out first, so the head judges
-     content rather than language (MultiJail's rows are all unsafe).
+     (from the parallel translations in MultiJail, MGSM and ChatterBot) are projected out of
+     every head's input, so the heads judge content rather than language (MultiJail's rows
+     are all unsafe, the everyday sets all safe, every labelled unsafe answer English).
    - response head: MLP on [context, answer window] (scripts/head_features.py): labelled
      answers, their prefixes, and benign everyday texts as answers to benign prompts.
    - category head: one-vs-rest logistic regression on the unsafe texts whose data carries
@@ -81,6 +83,8 @@ HELD_OUT = {"simplesafetytests"}
 # Hand-written evaluation probes (benchmarks/README.md): never trained on; data rows whose
 # prompt equals a probe's are left out of training too.
 PROBES = sorted((ROOT / "benchmarks").glob("*_probe.jsonl"))
+# Hand-written rows for what the public data lacks (data/handwritten/README.md).
+HANDWRITTEN = ROOT / "data" / "handwritten"
 FILE_WEIGHT_CAP = 3000.0  # a file counts as at most this many records in its class
 MIN_CATEGORY_EXAMPLES = 25
 # Benign sets whose rows also serve as answers to other benign prompts (head_features).
@@ -89,7 +93,7 @@ ANSWER_SOURCES = {"chatterbot", "multilingual_benign", "slurp"}
 
 class Data:
     def __init__(self, args: argparse.Namespace) -> None:
-        paths = sorted(args.data_dir.glob("*.jsonl"))
+        paths = sorted(args.data_dir.glob("*.jsonl")) + sorted(HANDWRITTEN.glob("*.jsonl"))
         if not paths:
             raise SystemExit(f"no *.jsonl in {args.data_dir}")
         self.records, self.digests, self.skipped = load_records(paths)
@@ -213,25 +217,52 @@ def _balanced(x: F32, ys: list[float], ws: list[float]) -> tuple[F32, F32, F32]:
     return x.astype(np.float32), y, w
 
 
+# Sets whose rows are (partly) the same texts in several languages: the differences between
+# their per-language means are language, not content.
+PARALLEL_SOURCES = ("multijail", "mgsm", "chatterbot")
+MIN_ROWS_PER_LANGUAGE = 30
+
+
 def language_directions(data: Data, k: int) -> F32:
-    """An orthonormal basis (384, k) of the directions that separate languages: the
-    differences between MultiJail's per-language mean embeddings (the same prompts in ten
-    languages), from rows outside the test split."""
-    by_lang: dict[str, list[F32]] = defaultdict(list)
-    for i, rec in enumerate(data.records):
-        if rec.source == "multijail" and data.splits[i] != "test":
-            by_lang[rec.lang].append(data.cache.stack(data.prompt_wins[i]).mean(axis=0))
-    means = np.stack([np.mean(v, axis=0) for _, v in sorted(by_lang.items())])
-    centered = means - means.mean(axis=0)
-    _u, _s, vt = np.linalg.svd(centered, full_matrices=False)
-    return np.asarray(vt[: min(k, len(means) - 1)].T, dtype=np.float32)
+    """An orthonormal basis (384, k) of the directions that separate languages.
+
+    From each parallel set (MultiJail: the same harmful prompts in ten languages; MGSM: the
+    same problems in seven; ChatterBot: the same topic files translated into many), the
+    per-language mean embeddings of rows outside the test split, centred per set. Every
+    unsafe prompt with a language label is MultiJail's or English, and the everyday sets are
+    benign in every language: without this a head learns "French means safe" as readily as
+    "Javanese means unsafe".
+    """
+    rows: list[F32] = []
+    for source in PARALLEL_SOURCES:
+        by_lang: dict[str, list[F32]] = defaultdict(list)
+        for i, rec in enumerate(data.records):
+            if rec.source == source and data.splits[i] != "test" and i in data.prompt_wins:
+                by_lang[rec.lang].append(data.cache.stack(data.prompt_wins[i]).mean(axis=0))
+        means = [
+            np.mean(v, axis=0)
+            for _, v in sorted(by_lang.items())
+            if len(v) >= MIN_ROWS_PER_LANGUAGE
+        ]
+        if len(means) > 1:
+            m = np.stack(means)
+            rows.extend(m - m.mean(axis=0))
+    _u, _s, vt = np.linalg.svd(np.stack(rows), full_matrices=False)
+    return np.asarray(vt[:k].T, dtype=np.float32)
+
+
+def project(x: F32, basis: F32) -> F32:
+    """x with the language directions removed, for every 384-float block of a row."""
+    dim = basis.shape[0]
+    blocks = [b - (b @ basis) @ basis.T for b in np.split(x, x.shape[1] // dim, axis=1)]
+    return np.asarray(np.concatenate(blocks, axis=1), np.float32)
 
 
 def fit(
     train: tuple[F32, F32, F32], val: tuple[F32, F32, F32], args: argparse.Namespace
 ) -> tuple[Head, int]:
-    """Early stopping on `val` picks the epochs; the head is then refit on train + val."""
-    _, best_step, _ = train_mlp(
+    """The head of the epoch with the lowest validation loss (early stopping)."""
+    head, best_step, _ = train_mlp(
         *train,
         hidden=args.hidden,
         l2=args.l2,
@@ -239,15 +270,6 @@ def fit(
         seed=args.seed,
         epochs=args.epochs,
         val=val,
-    )
-    both = tuple(np.concatenate([a, b]) for a, b in zip(train, val, strict=True))
-    head, _, _ = train_mlp(
-        *both,
-        hidden=args.hidden,
-        l2=args.l2,
-        lr=args.lr,
-        seed=args.seed,
-        epochs=best_step,  # type: ignore[arg-type]
     )
     return head, best_step
 
@@ -266,9 +288,9 @@ def main() -> int:
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--l2", type=float, default=1e-2)
-    ap.add_argument("--language-directions", type=int, default=9)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--epochs", type=int, default=1500)
+    ap.add_argument("--language-directions", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=5e-3)
+    ap.add_argument("--epochs", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--embed-only", action="store_true", help="fill the embedding cache and stop")
     ap.add_argument(
@@ -285,19 +307,26 @@ def main() -> int:
 
     def projected(m: tuple[F32, F32, F32]) -> tuple[F32, F32, F32]:
         x, y, w = m
-        return np.asarray(x - (x @ basis) @ basis.T, np.float32), y, w
+        return project(x, basis), y, w
 
+    # Every head reads language-free embeddings; the projection is folded into its first
+    # layer afterwards, so the shipped heads take raw e5 embeddings.
     prompt_head, prompt_epochs = fit(
         projected(data.prompt_matrix({"train"})), projected(data.prompt_matrix({"val"})), args
     )
     prompt_head = project_out(prompt_head, basis)
     print(f"prompt head: {prompt_epochs} epochs", file=sys.stderr)
+    # The answer half matters most: every labelled unsafe answer is English.
     response_head, response_epochs = fit(
-        data.response_matrix({"train"}), data.response_matrix({"val"}), args
+        projected(data.response_matrix({"train"})), projected(data.response_matrix({"val"})), args
     )
+    response_head = project_out(response_head, basis)
     print(f"response head: {response_epochs} epochs", file=sys.stderr)
     cx, cy, names = data.category_matrix({"train", "val"})
-    cw, cb = train_logistic_multi(cx, cy, l2=1e-3, lr=0.05, epochs=600, seed=args.seed)
+    cw, cb = train_logistic_multi(
+        project(cx, basis), cy, l2=1e-3, lr=0.05, epochs=600, seed=args.seed
+    )
+    cw = np.asarray(cw - basis @ (basis.T @ cw), np.float32)
     heads = HeadSet(
         prompt=prompt_head,
         response=response_head,
@@ -326,6 +355,7 @@ def main() -> int:
                 "hidden": args.hidden,
                 "epochs": prompt_epochs,
                 "language_directions_removed": int(basis.shape[1]),
+                "language_directions_from": list(PARALLEL_SOURCES),
             },
             "response": {
                 "kind": "mlp",
