@@ -186,6 +186,14 @@ def create_app(
                 from proxy.moderation.wiring import install_moderation
 
                 await install_moderation(state, config, engine=engine)
+            # Outermost: a request over its tenant's limit costs no guard check.
+            from proxy.limits.service import install_limits
+
+            limiter = install_limits(state, config)
+            if limiter is not None and obs is not None and obs.metrics is not None:
+                from proxy.limits.metrics import register
+
+                register(limiter, obs.metrics.registry)
             if freeze_gc:
                 # Everything built at start-up lives as long as the process: move it out of
                 # the collector's sight, so that no collection on the request path has to

@@ -1,0 +1,252 @@
+"""The limits layer: a chat service wrapping the one it is given (normally the moderation
+pipeline), so a refused request costs no guard check and no upstream call.
+
+Per request: one `acquire` (one Redis round trip when Redis is configured) before anything
+else; the `x-ratelimit-*` headers on the answer, success or error; when the response has
+been sent, one `release` in the background (tokens from `usage`, end of the in-flight lease).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from proxy.config_schema import GatewayConfig, LimitsConfig
+from proxy.errors import GatewayError, RateLimited
+from proxy.forward import ChatCall, ChatService
+from proxy.limits.spec import Limits, LimitTable
+from proxy.limits.store import Decision, LimitStore, LocalStore, RedisStore
+from proxy.limits.usage import StreamUsage, body_tokens
+from proxy.upstreams.reply import RawHeaders, UpstreamReply
+
+if TYPE_CHECKING:
+    from proxy.state import GatewayState
+
+log = logging.getLogger("guardline.limits")
+
+DEGRADED_HEADER = (b"x-guardline-limits", b"degraded")
+# After a Redis failure, calls skip Redis this long (no timeout paid per request meanwhile).
+DOWN_BACKOFF_S = 0.5
+_ANONYMOUS = "-"  # the key of the open gateway's (no tenants) single shared limit
+
+
+class _MarkedDown(Exception):
+    """Redis failed less than DOWN_BACKOFF_S ago: not asked again yet."""
+
+
+class LimitsUnavailable(GatewayError):
+    """Redis is unreachable and `limits.on_redis_error` is `closed`."""
+
+    status = 503
+    type = "server_error"
+    code = "rate_limits_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Rate limits cannot be checked right now; please retry.",
+            headers={"retry-after": "1"},
+        )
+
+
+def format_reset(ms: int) -> str:
+    """A duration the way OpenAI's x-ratelimit-reset-* headers write it: 20ms, 6s, 1.5s, 1m0s."""
+    if ms < 1000:
+        return f"{max(ms, 0)}ms"
+    if ms < 60_000:
+        seconds = ms / 1000
+        return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+    total_s = ms // 1000
+    hours, rest = divmod(total_s, 3600)
+    minutes, seconds_i = divmod(rest, 60)
+    return (f"{hours}h" if hours else "") + f"{minutes}m{seconds_i}s"
+
+
+def ratelimit_headers(limits: Limits, d: Decision) -> RawHeaders:
+    out: RawHeaders = []
+    if limits.requests:
+        out += [
+            (b"x-ratelimit-limit-requests", str(limits.requests).encode()),
+            (
+                b"x-ratelimit-remaining-requests",
+                str(max(limits.requests - d.requests_used, 0)).encode(),
+            ),
+            (b"x-ratelimit-reset-requests", format_reset(d.requests_reset_ms).encode()),
+        ]
+    if limits.tokens:
+        out += [
+            (b"x-ratelimit-limit-tokens", str(limits.tokens).encode()),
+            (b"x-ratelimit-remaining-tokens", str(max(limits.tokens - d.tokens_used, 0)).encode()),
+            (b"x-ratelimit-reset-tokens", format_reset(d.tokens_reset_ms).encode()),
+        ]
+    return out
+
+
+def rate_limited(tenant: str | None, limits: Limits, d: Decision) -> RateLimited:
+    wait = format_reset(d.wait_ms)
+    who = f"tenant '{tenant}'" if tenant else "this gateway"
+    if d.denied == "requests":
+        message = (
+            f"Rate limit reached for {who} on requests per min (RPM): Limit "
+            f"{limits.requests}, Used {d.requests_used}, Requested 1. "
+            f"Please try again in {wait}."
+        )
+    elif d.denied == "tokens":
+        message = (
+            f"Rate limit reached for {who} on tokens per min (TPM): Limit "
+            f"{limits.tokens}, Used {d.tokens_used}. Please try again in {wait}."
+        )
+    else:
+        message = (
+            f"Too many concurrent requests for {who}: Limit {limits.concurrent}, "
+            f"In flight {d.in_flight}. Please try again in {wait}."
+        )
+    headers = {k.decode(): v.decode() for k, v in ratelimit_headers(limits, d)}
+    headers["retry-after"] = str(max(1, math.ceil(d.wait_ms / 1000)))
+    headers["retry-after-ms"] = str(d.wait_ms)
+    exc = RateLimited(message, headers=headers)
+    exc.type = "tokens" if d.denied == "tokens" else "requests"  # OpenAI's 429 `type`
+    return exc
+
+
+@dataclass(slots=True)
+class Grant:
+    """An admitted request: the headers to send, and what `release` needs afterwards."""
+
+    key: str
+    limits: Limits
+    member: str
+    headers: RawHeaders
+    counted: bool  # False when degraded: nothing to release
+
+
+class Limiter:
+    """Limits per tenant over one store, with the `on_redis_error` policy."""
+
+    def __init__(self, config: LimitsConfig, store: LimitStore, *, shared: bool) -> None:
+        self.table = LimitTable(config)
+        self.store = store
+        self.shared = shared  # Redis: store errors are possible and handled
+        self.fail_closed = config.on_redis_error == "closed"
+        self.counts: Counter[str] = Counter()  # admitted, rejected_*, degraded, unavailable
+        self._down_until = 0.0
+
+    def _store_failed(self, exc: BaseException) -> None:
+        if self._down_until < time.monotonic():
+            log.warning("rate-limit store unreachable: %r", exc)
+        self._down_until = time.monotonic() + DOWN_BACKOFF_S
+
+    async def acquire(self, tenant: str | None, limits: Limits, member: str) -> Grant:
+        key = tenant if tenant is not None else _ANONYMOUS
+        try:
+            if self.shared and time.monotonic() < self._down_until:
+                raise _MarkedDown
+            decision = await self.store.acquire(key, limits, member)
+        except Exception as exc:
+            if not self.shared:
+                raise
+            if not isinstance(exc, _MarkedDown):
+                self._store_failed(exc)
+            if self.fail_closed:
+                self.counts["unavailable"] += 1
+                raise LimitsUnavailable() from None
+            self.counts["degraded"] += 1
+            return Grant(key, limits, member, [DEGRADED_HEADER], counted=False)
+        if decision.denied:
+            self.counts[f"rejected_{decision.denied}"] += 1
+            raise rate_limited(tenant, limits, decision)
+        self.counts["admitted"] += 1
+        return Grant(key, limits, member, ratelimit_headers(limits, decision), counted=True)
+
+    async def release(self, grant: Grant, tokens: int) -> None:
+        if not grant.counted or not (grant.limits.concurrent or (grant.limits.tokens and tokens)):
+            return
+        try:
+            await self.store.release(grant.key, grant.limits, grant.member, tokens)
+        except Exception as exc:
+            if not self.shared:
+                raise
+            self._store_failed(exc)
+            self.counts["release_failed"] += 1
+
+
+def _set_headers(headers: RawHeaders, ours: RawHeaders) -> None:
+    """Our x-ratelimit-* replace the upstream's of the same name (the tenant sees its own)."""
+    names = {name for name, _ in ours}
+    headers[:] = [(k, v) for k, v in headers if k not in names]
+    headers.extend(ours)
+
+
+class LimitedChatService:
+    def __init__(self, inner: ChatService, limiter: Limiter) -> None:
+        self.inner = inner
+        self.limiter = limiter
+
+    async def __call__(self, state: GatewayState, call: ChatCall) -> UpstreamReply:
+        limits = self.limiter.table.get(call.tenant)
+        if limits is None:
+            return await self.inner(state, call)
+        grant = await self.limiter.acquire(call.tenant, limits, call.request_id)
+        try:
+            reply = await self.inner(state, call)
+        except GatewayError as exc:
+            exc.headers.update({k.decode(): v.decode() for k, v in grant.headers})
+            self._finish(state, grant, 0)
+            raise
+        except BaseException:
+            self._finish(state, grant, 0)
+            raise
+        _set_headers(reply.headers, grant.headers)
+        usage: StreamUsage | None = None
+        tokens = 0
+        if limits.tokens and reply.status < 400:
+            if reply.stream is not None:
+                usage = StreamUsage()
+                reply.stream = usage.watch(reply.stream)
+            else:
+                tokens = body_tokens(reply.body)
+        inner_closer = reply.closer
+
+        async def closer() -> None:
+            try:
+                if inner_closer is not None:
+                    await inner_closer()
+            finally:
+                self._finish(state, grant, usage.tokens if usage is not None else tokens)
+
+        reply.closer = closer
+        return reply
+
+    def _finish(self, state: GatewayState, grant: Grant, tokens: int) -> None:
+        if grant.counted:
+            state.background.spawn(self.limiter.release(grant, tokens), name="limits.release")
+
+
+def build_limiter(config: LimitsConfig) -> Limiter | None:
+    """None when no tenant has any limit."""
+    table = LimitTable(config)
+    if table.empty:
+        return None
+    lease_ms = config.concurrency_lease_s * 1000
+    if config.redis_url:
+        store: LimitStore = RedisStore(
+            config.redis_url,
+            prefix=config.key_prefix,
+            timeout_s=config.redis_timeout_ms / 1000,
+            lease_ms=lease_ms,
+        )
+        return Limiter(config, store, shared=True)
+    return Limiter(config, LocalStore(lease_ms), shared=False)
+
+
+def install_limits(state: GatewayState, config: GatewayConfig) -> Limiter | None:
+    """Wrap `state.chat_service` (call after moderation is installed) when limits are set."""
+    limiter = build_limiter(config.limits)
+    if limiter is None:
+        return None
+    state.chat_service = LimitedChatService(state.chat_service, limiter)
+    state.closers.append(limiter.store.aclose)
+    return limiter

@@ -1,0 +1,323 @@
+"""Where the counters live: Redis (shared by every replica) or this process.
+
+Both stores implement the same three limits over the same sliding 60 s window:
+
+- requests per minute: a sliding-window log (one entry per admitted request, dropped 60 s
+  later), exact: never more than the limit in any 60 s, however the load is spread;
+- tokens per minute: a sliding-window counter (this and the previous fixed minute, the
+  previous one weighted by how much of it is still inside the window); tokens are only known
+  once the upstream answered, so a request is admitted while the window's count is under
+  the limit and its `usage` is added when it ends;
+- requests in flight: one lease per running request, released when the response ends, or
+  expired after `concurrency_lease_s` if its replica died first.
+
+`acquire` checks all three and admits the request only if all pass (atomically: one Lua
+script in Redis, one round trip); `release` adds the tokens and ends the lease (one more
+round trip, after the response was sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from proxy.limits.spec import WINDOW_MS, Limits
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    denied: str  # "" (admitted), "requests", "tokens" or "concurrency"
+    wait_ms: int  # when denied: until the request would be admitted
+    requests_used: int  # in the window, this request included when admitted
+    requests_reset_ms: int  # until the oldest request in the window leaves it
+    tokens_used: int  # in the window (estimate of the sliding-window counter)
+    tokens_reset_ms: int  # until every counted token has left the window
+    in_flight: int
+
+
+class LimitStore(Protocol):
+    async def acquire(self, key: str, limits: Limits, member: str) -> Decision:
+        """Check and (when every limit passes) count one request. Raises on store errors."""
+        ...
+
+    async def release(self, key: str, limits: Limits, member: str, tokens: int) -> None:
+        """The request ended: add its tokens, end its in-flight lease."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def _token_wait(limit: int, cur: float, prev: float, into: float) -> int:
+    """Milliseconds until prev*(W-x)/W + cur drops under `limit` (x: ms into this minute)."""
+    if cur < limit:
+        # prev * (W - x) / W + cur < limit  <=>  x > W * (1 - (limit - cur) / prev)
+        return max(1, math.ceil(WINDOW_MS * (1 - (limit - cur) / prev) - into) + 1)
+    # Only in the next minute, where this minute's count is the weighted previous one.
+    return math.ceil(WINDOW_MS - into + WINDOW_MS * (1 - limit / cur)) + 1
+
+
+class _TokenWindow:
+    __slots__ = ("cur", "index", "prev")
+
+    def __init__(self) -> None:
+        self.index = 0
+        self.cur = 0.0
+        self.prev = 0.0
+
+    def roll(self, index: int) -> None:
+        if index == self.index:
+            return
+        self.prev = self.cur if index == self.index + 1 else 0.0
+        self.cur = 0.0
+        self.index = index
+
+
+class _TenantState:
+    __slots__ = ("leases", "requests", "tokens")
+
+    def __init__(self) -> None:
+        self.requests: collections.deque[float] = collections.deque()
+        self.tokens = _TokenWindow()
+        self.leases: dict[str, float] = {}
+
+
+class LocalStore:
+    """The counters of this process (no Redis configured): the same limits, per process."""
+
+    def __init__(self, lease_ms: float) -> None:
+        self._lease_ms = lease_ms
+        self._tenants: dict[str, _TenantState] = {}
+
+    @staticmethod
+    def _now() -> float:
+        return time.monotonic() * 1000
+
+    async def acquire(self, key: str, limits: Limits, member: str) -> Decision:
+        now = self._now()
+        state = self._tenants.get(key)
+        if state is None:
+            state = self._tenants[key] = _TenantState()
+        denied, wait = "", 0
+        req_used = req_reset = 0
+        if limits.requests:
+            log = state.requests
+            while log and log[0] <= now - WINDOW_MS:
+                log.popleft()
+            req_used = len(log)
+            if log:
+                req_reset = math.ceil(log[0] + WINDOW_MS - now)
+            if req_used >= limits.requests:
+                denied = "requests"
+                wait = math.ceil(log[req_used - limits.requests] + WINDOW_MS - now)
+        tok_used = tok_reset = 0
+        if limits.tokens:
+            tw = state.tokens
+            index = int(now // WINDOW_MS)
+            tw.roll(index)
+            into = now - index * WINDOW_MS
+            estimate = tw.prev * (WINDOW_MS - into) / WINDOW_MS + tw.cur
+            tok_used = math.ceil(estimate)
+            if tw.cur > 0:
+                tok_reset = math.ceil(2 * WINDOW_MS - into)
+            elif tw.prev > 0:
+                tok_reset = math.ceil(WINDOW_MS - into)
+            if estimate >= limits.tokens and not denied:
+                denied = "tokens"
+                wait = _token_wait(limits.tokens, tw.cur, tw.prev, into)
+        in_flight = 0
+        if limits.concurrent:
+            leases = state.leases
+            for m in [m for m, until in leases.items() if until <= now]:
+                del leases[m]
+            in_flight = len(leases)
+            if in_flight >= limits.concurrent and not denied:
+                denied, wait = "concurrency", 1000
+        if not denied:
+            if limits.requests:
+                state.requests.append(now)
+                req_used += 1
+                if not req_reset:
+                    req_reset = WINDOW_MS
+            if limits.concurrent:
+                state.leases[member] = now + self._lease_ms
+                in_flight += 1
+        return Decision(
+            denied,
+            max(wait, 1) if denied else 0,
+            req_used,
+            req_reset,
+            tok_used,
+            tok_reset,
+            in_flight,
+        )
+
+    def in_flight(self, key: str) -> int:
+        state = self._tenants.get(key)
+        return 0 if state is None else len(state.leases)
+
+    async def release(self, key: str, limits: Limits, member: str, tokens: int) -> None:
+        state = self._tenants.get(key)
+        if state is None:
+            return
+        if tokens > 0 and limits.tokens:
+            now = self._now()
+            state.tokens.roll(int(now // WINDOW_MS))
+            state.tokens.cur += tokens
+        state.leases.pop(member, None)
+
+    async def aclose(self) -> None:
+        self._tenants.clear()
+
+
+# KEYS: requests log (zset), tokens window (hash), leases (zset); one hash tag per tenant.
+# ARGV: requests limit, tokens limit, concurrency limit, member, lease ms, window ms.
+# Time is the Redis server's own (TIME), so replicas' clocks never disagree.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rpm, tpm, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local member, lease, window = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local denied, wait = '', 0
+local req_used, req_reset = 0, 0
+if rpm > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+  req_used = redis.call('ZCARD', KEYS[1])
+  if req_used > 0 then
+    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    req_reset = tonumber(oldest[2]) + window - now
+  end
+  if req_used >= rpm then
+    local nth = redis.call('ZRANGE', KEYS[1], req_used - rpm, req_used - rpm, 'WITHSCORES')
+    denied, wait = 'requests', tonumber(nth[2]) + window - now
+  end
+end
+local tok_used, tok_reset = 0, 0
+if tpm > 0 then
+  local idx = math.floor(now / window)
+  local h = redis.call('HMGET', KEYS[2], 'w', 'cur', 'prev')
+  local w, cur, prev = tonumber(h[1]) or idx, tonumber(h[2]) or 0, tonumber(h[3]) or 0
+  if w == idx - 1 then prev = cur; cur = 0 elseif w ~= idx then prev = 0; cur = 0 end
+  local into = now - idx * window
+  local est = prev * (window - into) / window + cur
+  tok_used = math.ceil(est)
+  if cur > 0 then tok_reset = 2 * window - into elseif prev > 0 then tok_reset = window - into end
+  if est >= tpm and denied == '' then
+    denied = 'tokens'
+    if cur < tpm then
+      wait = math.ceil(window * (1 - (tpm - cur) / prev) - into) + 1
+    else
+      wait = math.ceil(window - into + window * (1 - tpm / cur)) + 1
+    end
+  end
+end
+local in_flight = 0
+if conc > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  in_flight = redis.call('ZCARD', KEYS[3])
+  if in_flight >= conc and denied == '' then denied, wait = 'concurrency', 1000 end
+end
+if denied == '' then
+  if rpm > 0 then
+    redis.call('ZADD', KEYS[1], now, member)
+    redis.call('PEXPIRE', KEYS[1], window)
+    req_used = req_used + 1
+    if req_reset == 0 then req_reset = window end
+  end
+  if conc > 0 then
+    redis.call('ZADD', KEYS[3], now + lease, member)
+    redis.call('PEXPIRE', KEYS[3], lease)
+    in_flight = in_flight + 1
+  end
+end
+return {denied, math.max(math.ceil(wait), 0), req_used, math.ceil(req_reset), tok_used,
+        math.ceil(tok_reset), in_flight}
+"""
+
+# KEYS: tokens window (hash), leases (zset). ARGV: tokens, member, window ms.
+_RELEASE = """
+local tokens, member, window = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+if tokens > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local idx = math.floor(now / window)
+  local h = redis.call('HMGET', KEYS[1], 'w', 'cur', 'prev')
+  local w, cur, prev = tonumber(h[1]) or idx, tonumber(h[2]) or 0, tonumber(h[3]) or 0
+  if w == idx - 1 then prev = cur; cur = 0 elseif w ~= idx then prev = 0; cur = 0 end
+  redis.call('HSET', KEYS[1], 'w', idx, 'cur', cur + tokens, 'prev', prev)
+  redis.call('PEXPIRE', KEYS[1], 2 * window)
+end
+if member ~= '' then redis.call('ZREM', KEYS[2], member) end
+return 1
+"""
+
+
+class RedisStore:
+    """Counters in Redis, shared by every replica: one script call (EVALSHA) per request.
+
+    Socket timeouts are short and there are no client-side retries: an unreachable Redis
+    fails the call fast and the caller applies `on_redis_error`. The client reconnects by
+    itself on a later call, so recovery needs nothing.
+    """
+
+    def __init__(self, url: str, *, prefix: str, timeout_s: float, lease_ms: float) -> None:
+        from redis.asyncio import Redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self._redis: Any = Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+            health_check_interval=0,
+            decode_responses=False,
+        )
+        self._acquire = self._redis.register_script(_ACQUIRE)
+        self._release = self._redis.register_script(_RELEASE)
+        self._prefix = prefix
+        self._timeout_s = timeout_s
+        self._lease = str(int(lease_ms))
+        self._window = str(WINDOW_MS)
+
+    def _keys(self, key: str) -> tuple[str, str, str]:
+        base = f"{self._prefix}:{{{key}}}"
+        return f"{base}:req", f"{base}:tok", f"{base}:inflight"
+
+    async def acquire(self, key: str, limits: Limits, member: str) -> Decision:
+        args: list[str | int] = [
+            limits.requests,
+            limits.tokens,
+            limits.concurrent,
+            member,
+            self._lease,
+            self._window,
+        ]
+        # A hard cap over the socket timeouts (connect + one call), so nothing can hang.
+        async with asyncio.timeout(self._timeout_s * 3):
+            out = await self._acquire(keys=self._keys(key), args=args)
+        denied = out[0].decode() if isinstance(out[0], bytes) else str(out[0])
+        return Decision(
+            denied, int(out[1]), int(out[2]), int(out[3]), int(out[4]), int(out[5]), int(out[6])
+        )
+
+    async def release(self, key: str, limits: Limits, member: str, tokens: int) -> None:
+        _, tok, inflight = self._keys(key)
+        args: list[str | int] = [
+            tokens if limits.tokens else 0,
+            member if limits.concurrent else "",
+            self._window,
+        ]
+        async with asyncio.timeout(self._timeout_s * 3):
+            await self._release(keys=[tok, inflight], args=args)
+
+    async def ping(self) -> bool:
+        async with asyncio.timeout(self._timeout_s * 3):
+            return bool(await self._redis.ping())
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
