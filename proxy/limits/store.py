@@ -12,14 +12,15 @@ Both stores implement the same three limits over the same sliding 60 s window:
   expired after `concurrency_lease_s` if its replica died first.
 
 `acquire` checks all three and admits the request only if all pass (atomically: one Lua
-script in Redis, one round trip); `release` adds the tokens and ends the lease (one more
-round trip, after the response was sent).
+script in Redis, one round trip); `release` adds the tokens and ends the lease (in Redis:
+queued, and sent with this replica's next script call).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -173,14 +174,39 @@ class LocalStore:
         self._tenants.clear()
 
 
-# KEYS: requests log (zset), tokens window (hash), leases (zset); one hash tag per tenant.
-# ARGV: requests limit, tokens limit, concurrency limit, member, lease ms, window ms.
+# One script does everything, so that a request costs one round trip: it first applies the
+# releases this replica has queued since its last call (tokens of finished requests, ends of
+# their leases), then checks and counts the new request (rpm = tpm = conc = 0: releases only).
+# KEYS: the request's requests log (zset), tokens window (hash), leases (zset), then per
+#       release its tokens window and leases. One hash tag per tenant.
+# ARGV: requests limit, tokens limit, concurrency limit, member, lease ms, window ms, then per
+#       release its tokens and member ('' when it holds no lease).
 # Time is the Redis server's own (TIME), so replicas' clocks never disagree.
-_ACQUIRE = """
+_STEP = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rpm, tpm, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local member, lease, window = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local idx = math.floor(now / window)
+local function tokens_window(key)
+  local h = redis.call('HMGET', key, 'w', 'cur', 'prev')
+  local w, cur, prev = tonumber(h[1]) or idx, tonumber(h[2]) or 0, tonumber(h[3]) or 0
+  if w == idx - 1 then prev = cur; cur = 0 elseif w ~= idx then prev = 0; cur = 0 end
+  return cur, prev
+end
+local i = 7
+local k = 4
+while ARGV[i] do
+  local tokens, done = tonumber(ARGV[i]), ARGV[i + 1]
+  if tokens > 0 then
+    local cur, prev = tokens_window(KEYS[k])
+    redis.call('HSET', KEYS[k], 'w', idx, 'cur', cur + tokens, 'prev', prev)
+    redis.call('PEXPIRE', KEYS[k], 2 * window)
+  end
+  if done ~= '' then redis.call('ZREM', KEYS[k + 1], done) end
+  i = i + 2
+  k = k + 2
+end
 local denied, wait = '', 0
 local req_used, req_reset = 0, 0
 if rpm > 0 then
@@ -197,10 +223,7 @@ if rpm > 0 then
 end
 local tok_used, tok_reset = 0, 0
 if tpm > 0 then
-  local idx = math.floor(now / window)
-  local h = redis.call('HMGET', KEYS[2], 'w', 'cur', 'prev')
-  local w, cur, prev = tonumber(h[1]) or idx, tonumber(h[2]) or 0, tonumber(h[3]) or 0
-  if w == idx - 1 then prev = cur; cur = 0 elseif w ~= idx then prev = 0; cur = 0 end
+  local cur, prev = tokens_window(KEYS[2])
   local into = now - idx * window
   local est = prev * (window - into) / window + cur
   tok_used = math.ceil(est)
@@ -237,30 +260,22 @@ return {denied, math.max(math.ceil(wait), 0), req_used, math.ceil(req_reset), to
         math.ceil(tok_reset), in_flight}
 """
 
-# KEYS: tokens window (hash), leases (zset). ARGV: tokens, member, window ms.
-_RELEASE = """
-local tokens, member, window = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
-if tokens > 0 then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local idx = math.floor(now / window)
-  local h = redis.call('HMGET', KEYS[1], 'w', 'cur', 'prev')
-  local w, cur, prev = tonumber(h[1]) or idx, tonumber(h[2]) or 0, tonumber(h[3]) or 0
-  if w == idx - 1 then prev = cur; cur = 0 elseif w ~= idx then prev = 0; cur = 0 end
-  redis.call('HSET', KEYS[1], 'w', idx, 'cur', cur + tokens, 'prev', prev)
-  redis.call('PEXPIRE', KEYS[1], 2 * window)
-end
-if member ~= '' then redis.call('ZREM', KEYS[2], member) end
-return 1
-"""
+# Releases queued at most this long before they go out on their own (normally the next
+# request's call takes them along first); at most this many per call.
+FLUSH_DELAY_S = 0.005
+MAX_BATCH = 64
+MAX_QUEUED = 100_000  # Redis down for long: the oldest releases are dropped (leases expire)
 
 
 class RedisStore:
     """Counters in Redis, shared by every replica: one script call (EVALSHA) per request.
 
-    Socket timeouts are short and there are no client-side retries: an unreachable Redis
-    fails the call fast and the caller applies `on_redis_error`. The client reconnects by
-    itself on a later call, so recovery needs nothing.
+    `release` only queues: the next `acquire` on this replica sends the queued releases in the
+    same script call, before its own check (so a finished request's slot and tokens count for
+    it), and a timer sends them alone after FLUSH_DELAY_S when no request comes. Socket
+    timeouts are short and there are no client-side retries: an unreachable Redis fails the
+    call fast and the caller applies `on_redis_error`; releases that could not be sent are
+    queued again. The client reconnects by itself on a later call: recovery needs nothing.
     """
 
     def __init__(self, url: str, *, prefix: str, timeout_s: float, lease_ms: float) -> None:
@@ -277,16 +292,41 @@ class RedisStore:
             health_check_interval=0,
             decode_responses=False,
         )
-        self._acquire = self._redis.register_script(_ACQUIRE)
-        self._release = self._redis.register_script(_RELEASE)
+        self._step = self._redis.register_script(_STEP)
         self._prefix = prefix
         self._timeout_s = timeout_s
         self._lease = str(int(lease_ms))
         self._window = str(WINDOW_MS)
+        self._queued: collections.deque[tuple[str, str, int, str]] = collections.deque()
+        self._flush: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None
 
     def _keys(self, key: str) -> tuple[str, str, str]:
         base = f"{self._prefix}:{{{key}}}"
         return f"{base}:req", f"{base}:tok", f"{base}:inflight"
+
+    def _take(self) -> list[tuple[str, str, int, str]]:
+        n = min(len(self._queued), MAX_BATCH)
+        return [self._queued.popleft() for _ in range(n)]
+
+    def _requeue(self, batch: list[tuple[str, str, int, str]]) -> None:
+        self._queued.extendleft(reversed(batch))
+        while len(self._queued) > MAX_QUEUED:
+            self._queued.pop()
+
+    async def _call(
+        self, keys: list[str], args: list[str | int], batch: list[tuple[str, str, int, str]]
+    ) -> Any:
+        for tok, inflight, tokens, member in batch:
+            keys += (tok, inflight)
+            args += (tokens, member)
+        try:
+            # A hard cap over the socket timeouts (connect + one call): nothing can hang.
+            async with asyncio.timeout(self._timeout_s * 3):
+                return await self._step(keys=keys, args=args)
+        except BaseException:
+            self._requeue(batch)
+            raise
 
     async def acquire(self, key: str, limits: Limits, member: str) -> Decision:
         args: list[str | int] = [
@@ -297,9 +337,7 @@ class RedisStore:
             self._lease,
             self._window,
         ]
-        # A hard cap over the socket timeouts (connect + one call), so nothing can hang.
-        async with asyncio.timeout(self._timeout_s * 3):
-            out = await self._acquire(keys=self._keys(key), args=args)
+        out = await self._call(list(self._keys(key)), args, self._take())
         denied = out[0].decode() if isinstance(out[0], bytes) else str(out[0])
         return Decision(
             denied, int(out[1]), int(out[2]), int(out[3]), int(out[4]), int(out[5]), int(out[6])
@@ -307,17 +345,41 @@ class RedisStore:
 
     async def release(self, key: str, limits: Limits, member: str, tokens: int) -> None:
         _, tok, inflight = self._keys(key)
-        args: list[str | int] = [
-            tokens if limits.tokens else 0,
-            member if limits.concurrent else "",
-            self._window,
-        ]
-        async with asyncio.timeout(self._timeout_s * 3):
-            await self._release(keys=[tok, inflight], args=args)
+        self._queued.append(
+            (tok, inflight, tokens if limits.tokens else 0, member if limits.concurrent else "")
+        )
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(FLUSH_DELAY_S, self._start_flush)
+
+    def _start_flush(self) -> None:
+        self._flush = None
+        if self._queued and (self._flushing is None or self._flushing.done()):
+            self._flushing = asyncio.ensure_future(self.flush())
+
+    async def flush(self) -> None:
+        """Send every queued release now (releases only: no request is counted)."""
+        while self._queued:
+            args: list[str | int] = [0, 0, 0, "", self._lease, self._window]
+            try:
+                await self._call(["", "", ""], args, self._take())
+            except Exception:
+                if self._flush is None:  # Redis down: try again later, not in a loop
+                    loop = asyncio.get_running_loop()
+                    self._flush = loop.call_later(1.0, self._start_flush)
+                return
+
+    @property
+    def queued(self) -> int:
+        return len(self._queued)
 
     async def ping(self) -> bool:
         async with asyncio.timeout(self._timeout_s * 3):
             return bool(await self._redis.ping())
 
     async def aclose(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        with contextlib.suppress(Exception):
+            await self.flush()
         await self._redis.aclose()
