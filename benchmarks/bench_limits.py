@@ -12,13 +12,17 @@ checks nothing, so only the limits layer differs) except for `limits:`:
 
 The limits are set high enough never to refuse (the measured path is the admitted request:
 acquire, headers, release). Requests are sequential on keep-alive connections, interleaved
-off, local, redis, off, ... so all see the same machine load.
+the three in a shuffled order each round (fixed seed) so all see the same machine load and
+none always follows the same one.
 
   p50 / p99       client-observed latency per gateway
   added p50       p50(variant) - p50(off)
   CPU ms/req      the gateway process's user+system CPU per measured request (and Redis's)
   Redis calls/req EVALSHA calls per request counted by Redis (INFO commandstats): one before
-                  the request runs (the hot path), one after its response was sent (release)
+                  the request runs (the hot path; it also carries the releases queued since
+                  the last call), plus the timer flushes of releases when no request came
+                  within 5 ms (off the request path)
+  PING floor      p50 of a bare redis-py asyncio PING from this process: one round trip
 
 Run: .venv/bin/python benchmarks/bench_limits.py [--requests 1000] [--warmup 100]
 """
@@ -26,6 +30,7 @@ Run: .venv/bin/python benchmarks/bench_limits.py [--requests 1000] [--warmup 100
 from __future__ import annotations
 
 import argparse
+import random
 import shutil
 import socket
 import statistics
@@ -165,8 +170,11 @@ def main() -> None:
                 calls0 = evalsha_calls(redis.port)
                 cpu0 = [gw.cpu_s() for gw in gws]
                 redis_cpu0 = Child("", redis_pid).cpu_s()
+                rng = random.Random(12)
+                order = list(zip(clients, gws, variants, strict=True))
                 for _ in range(args.requests):
-                    for client, gw, v in zip(clients, gws, variants, strict=True):
+                    rng.shuffle(order)
+                    for client, gw, v in order:
                         sample = chat(client, gw.url + "/v1/chat/completions", BODY, headers)
                         assert sample.status == 200, sample.status
                         if v.limits is not None:
@@ -195,7 +203,8 @@ def main() -> None:
         )
     print(
         f"\nredis-server CPU ms/req: {redis_cpu * 1000 / n:.3f}; "
-        f"EVALSHA calls per request: {calls / n:.2f}"
+        f"EVALSHA calls per request: {calls / n:.2f}; "
+        f"redis-py PING round trip p50 (the floor of one call): {ping_ms:.3f} ms"
     )
 
 
