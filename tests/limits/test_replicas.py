@@ -87,6 +87,14 @@ def test_three_replicas_share_one_requests_per_minute_limit(
             for r in range(REPLICAS)
         ]
         assert all(per_replica), per_replica
+        # Every replica's /metrics counts its own decisions; together they are the run's.
+        totals = {"admitted": 0.0, "rejected_requests": 0.0}
+        for base in bases:
+            for line in httpx.get(base + "/metrics").text.splitlines():
+                for outcome in totals:
+                    if line.startswith(f'guardline_limits_decisions_total{{outcome="{outcome}"}}'):
+                        totals[outcome] += float(line.rsplit(" ", 1)[1])
+        assert totals == {"admitted": accepted, "rejected_requests": 3 * R - accepted}
     finally:
         for proc, _ in replicas:
             proc.terminate()
