@@ -103,6 +103,10 @@ class _Checker:
             )
 
     def limit_tenants(self, config: GatewayConfig) -> None:
+        routes = {route.name for route in config.routes}
+        for name in config.limits.routes:
+            if name not in routes:
+                raise self.fail(("limits", "routes", name), f"unknown route '{name}'")
         for name in config.limits.tenants:
             if name not in config.auth.tenants:
                 raise self.fail(

@@ -163,6 +163,8 @@ class LimitsConfig(Strict):
     concurrency_lease_s: float = Field(default=900.0, gt=0)
     default: LimitSpec = LimitSpec()
     tenants: dict[str, LimitSpec] = Field(default_factory=dict)
+    # Route name -> limits of each tenant on that route (own counters, checked in addition).
+    routes: dict[str, LimitSpec] = Field(default_factory=dict)
 
 
 def _default_guards() -> dict[str, GuardConfig]:

@@ -12,14 +12,15 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from proxy.config_schema import GatewayConfig, LimitsConfig
 from proxy.errors import GatewayError, RateLimited
 from proxy.forward import ChatCall, ChatService
-from proxy.limits.spec import Limits, LimitTable
-from proxy.limits.store import Decision, LimitStore, LocalStore, RedisStore
+from proxy.limits.spec import LimitTable, ScopeLimits
+from proxy.limits.store import Decision, LimitStore, LocalStore, RedisStore, Scope
 from proxy.limits.usage import StreamUsage, body_tokens
 from proxy.upstreams.reply import RawHeaders, UpstreamReply
 
@@ -31,7 +32,6 @@ log = logging.getLogger("guardline.limits")
 DEGRADED_HEADER = (b"x-guardline-limits", b"degraded")
 # After a Redis failure, calls skip Redis this long (no timeout paid per request meanwhile).
 DOWN_BACKOFF_S = 0.5
-_ANONYMOUS = "-"  # the key of the open gateway's (no tenants) single shared limit
 
 
 class _MarkedDown(Exception):
@@ -65,29 +65,42 @@ def format_reset(ms: int) -> str:
     return (f"{hours}h" if hours else "") + f"{minutes}m{seconds_i}s"
 
 
-def ratelimit_headers(limits: Limits, d: Decision) -> RawHeaders:
+def _tightest(
+    scopes: Sequence[ScopeLimits], decisions: Sequence[Decision], kind: str
+) -> tuple[int, int, int] | None:
+    """(limit, remaining, reset ms) of the scope with the least left of `kind`, if any has it."""
+    best: tuple[int, int, int] | None = None
+    for scope, d in zip(scopes, decisions, strict=True):
+        if kind == "requests":
+            limit, used, reset = scope.limits.requests, d.requests_used, d.requests_reset_ms
+        else:
+            limit, used, reset = scope.limits.tokens, d.tokens_used, d.tokens_reset_ms
+        if not limit:
+            continue
+        entry = (limit, max(limit - used, 0), reset)
+        if best is None or entry[1] < best[1]:
+            best = entry
+    return best
+
+
+def ratelimit_headers(scopes: Sequence[ScopeLimits], decisions: Sequence[Decision]) -> RawHeaders:
+    """OpenAI's x-ratelimit-* for the requests and tokens limits (the tightest scope's)."""
     out: RawHeaders = []
-    if limits.requests:
-        out += [
-            (b"x-ratelimit-limit-requests", str(limits.requests).encode()),
-            (
-                b"x-ratelimit-remaining-requests",
-                str(max(limits.requests - d.requests_used, 0)).encode(),
-            ),
-            (b"x-ratelimit-reset-requests", format_reset(d.requests_reset_ms).encode()),
-        ]
-    if limits.tokens:
-        out += [
-            (b"x-ratelimit-limit-tokens", str(limits.tokens).encode()),
-            (b"x-ratelimit-remaining-tokens", str(max(limits.tokens - d.tokens_used, 0)).encode()),
-            (b"x-ratelimit-reset-tokens", format_reset(d.tokens_reset_ms).encode()),
-        ]
+    for kind in ("requests", "tokens"):
+        tight = _tightest(scopes, decisions, kind)
+        if tight is not None:
+            limit, remaining, reset = tight
+            out += [
+                (b"x-ratelimit-limit-" + kind.encode(), str(limit).encode()),
+                (b"x-ratelimit-remaining-" + kind.encode(), str(remaining).encode()),
+                (b"x-ratelimit-reset-" + kind.encode(), format_reset(reset).encode()),
+            ]
     return out
 
 
-def rate_limited(tenant: str | None, limits: Limits, d: Decision) -> RateLimited:
-    wait = format_reset(d.wait_ms)
-    who = f"tenant '{tenant}'" if tenant else "this gateway"
+def rate_limited(scopes: Sequence[ScopeLimits], decisions: Sequence[Decision]) -> RateLimited:
+    scope, d = next((s, d) for s, d in zip(scopes, decisions, strict=True) if d.denied)
+    limits, who, wait = scope.limits, scope.label, format_reset(d.wait_ms)
     if d.denied == "requests":
         message = (
             f"Rate limit reached for {who} on requests per min (RPM): Limit "
@@ -104,7 +117,7 @@ def rate_limited(tenant: str | None, limits: Limits, d: Decision) -> RateLimited
             f"Too many concurrent requests for {who}: Limit {limits.concurrent}, "
             f"In flight {d.in_flight}. Please try again in {wait}."
         )
-    headers = {k.decode(): v.decode() for k, v in ratelimit_headers(limits, d)}
+    headers = {k.decode(): v.decode() for k, v in ratelimit_headers(scopes, decisions)}
     headers["retry-after"] = str(max(1, math.ceil(d.wait_ms / 1000)))
     headers["retry-after-ms"] = str(d.wait_ms)
     exc = RateLimited(message, headers=headers)
@@ -116,15 +129,18 @@ def rate_limited(tenant: str | None, limits: Limits, d: Decision) -> RateLimited
 class Grant:
     """An admitted request: the headers to send, and what `release` needs afterwards."""
 
-    key: str
-    limits: Limits
+    scopes: list[Scope]
     member: str
     headers: RawHeaders
     counted: bool  # False when degraded: nothing to release
 
+    @property
+    def releases(self) -> bool:
+        return self.counted and any(lim.concurrent or lim.tokens for _, lim in self.scopes)
+
 
 class Limiter:
-    """Limits per tenant over one store, with the `on_redis_error` policy."""
+    """Limits per tenant (and route) over one store, with the `on_redis_error` policy."""
 
     def __init__(self, config: LimitsConfig, store: LimitStore, *, shared: bool) -> None:
         self.table = LimitTable(config)
@@ -139,12 +155,12 @@ class Limiter:
             log.warning("rate-limit store unreachable: %r", exc)
         self._down_until = time.monotonic() + DOWN_BACKOFF_S
 
-    async def acquire(self, tenant: str | None, limits: Limits, member: str) -> Grant:
-        key = tenant if tenant is not None else _ANONYMOUS
+    async def acquire(self, scopes: Sequence[ScopeLimits], member: str) -> Grant:
+        pairs: list[Scope] = [(scope.key, scope.limits) for scope in scopes]
         try:
             if self.shared and time.monotonic() < self._down_until:
                 raise _MarkedDown
-            decision = await self.store.acquire(key, limits, member)
+            decisions = await self.store.acquire(pairs, member)
         except Exception as exc:
             if not self.shared:
                 raise
@@ -154,18 +170,17 @@ class Limiter:
                 self.counts["unavailable"] += 1
                 raise LimitsUnavailable() from None
             self.counts["degraded"] += 1
-            return Grant(key, limits, member, [DEGRADED_HEADER], counted=False)
-        if decision.denied:
-            self.counts[f"rejected_{decision.denied}"] += 1
-            raise rate_limited(tenant, limits, decision)
+            return Grant(pairs, member, [DEGRADED_HEADER], counted=False)
+        denied = next((d.denied for d in decisions if d.denied), "")
+        if denied:
+            self.counts[f"rejected_{denied}"] += 1
+            raise rate_limited(scopes, decisions)
         self.counts["admitted"] += 1
-        return Grant(key, limits, member, ratelimit_headers(limits, decision), counted=True)
+        return Grant(pairs, member, ratelimit_headers(scopes, decisions), counted=True)
 
     async def release(self, grant: Grant, tokens: int) -> None:
-        if not grant.counted or not (grant.limits.concurrent or (grant.limits.tokens and tokens)):
-            return
         try:
-            await self.store.release(grant.key, grant.limits, grant.member, tokens)
+            await self.store.release(grant.scopes, grant.member, tokens)
         except Exception as exc:
             if not self.shared:
                 raise
@@ -186,10 +201,10 @@ class LimitedChatService:
         self.limiter = limiter
 
     async def __call__(self, state: GatewayState, call: ChatCall) -> UpstreamReply:
-        limits = self.limiter.table.get(call.tenant)
-        if limits is None:
+        scopes = self.limiter.table.get(call.tenant, call.route.name)
+        if not scopes:
             return await self.inner(state, call)
-        grant = await self.limiter.acquire(call.tenant, limits, call.request_id)
+        grant = await self.limiter.acquire(scopes, call.request_id)
         try:
             reply = await self.inner(state, call)
         except GatewayError as exc:
@@ -202,7 +217,7 @@ class LimitedChatService:
         _set_headers(reply.headers, grant.headers)
         usage: StreamUsage | None = None
         tokens = 0
-        if limits.tokens and reply.status < 400:
+        if any(scope.limits.tokens for scope in scopes) and reply.status < 400:
             if reply.stream is not None:
                 usage = StreamUsage()
                 reply.stream = usage.watch(reply.stream)
@@ -221,7 +236,7 @@ class LimitedChatService:
         return reply
 
     def _finish(self, state: GatewayState, grant: Grant, tokens: int) -> None:
-        if grant.counted:
+        if grant.releases:
             state.background.spawn(self.limiter.release(grant, tokens), name="limits.release")
 
 

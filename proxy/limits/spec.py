@@ -37,19 +37,40 @@ def resolve(own: LimitSpec | None, default: LimitSpec) -> Limits:
     )
 
 
+ANONYMOUS = "-"  # the key of the open gateway's (no tenants) callers, who share one set
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeLimits:
+    """One set of counters a request is checked against and counted in."""
+
+    key: str  # the store's key: the tenant, or `<tenant>@<route>`
+    limits: Limits
+    label: str  # for messages: "tenant 'acme'", "tenant 'acme' on route 'chat'"
+
+
 class LimitTable:
-    """Tenant name (None: no tenants configured, the open gateway) -> its Limits, or None."""
+    """Tenant (None: no tenants configured, the open gateway) and route -> the scopes that
+    apply: the tenant's own limits, and the tenant-on-this-route limits if the route has any."""
 
     def __init__(self, config: LimitsConfig) -> None:
         self._default = resolve(None, config.default)
         self._tenants = {
             name: resolve(spec, config.default) for name, spec in config.tenants.items()
         }
+        self._routes = {name: resolve(spec, LimitSpec()) for name, spec in config.routes.items()}
+        self._routes = {name: limits for name, limits in self._routes.items() if limits.any}
 
-    def get(self, tenant: str | None) -> Limits | None:
+    def get(self, tenant: str | None, route: str = "") -> list[ScopeLimits]:
         limits = self._default if tenant is None else self._tenants.get(tenant, self._default)
-        return limits if limits.any else None
+        key = ANONYMOUS if tenant is None else tenant
+        who = "this gateway" if tenant is None else f"tenant '{tenant}'"
+        scopes = [ScopeLimits(key, limits, who)] if limits.any else []
+        on_route = self._routes.get(route)
+        if on_route is not None:
+            scopes.append(ScopeLimits(f"{key}@{route}", on_route, f"{who} on route '{route}'"))
+        return scopes
 
     @property
     def empty(self) -> bool:
-        return not self._default.any and not any(v.any for v in self._tenants.values())
+        return not (self._default.any or self._routes or any(v.any for v in self._tenants.values()))

@@ -23,6 +23,7 @@ import collections
 import contextlib
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,13 +41,18 @@ class Decision:
     in_flight: int
 
 
+# A counter set: its key (a tenant, or a tenant on a route) and its limits.
+Scope = tuple[str, Limits]
+
+
 class LimitStore(Protocol):
-    async def acquire(self, key: str, limits: Limits, member: str) -> Decision:
-        """Check and (when every limit passes) count one request. Raises on store errors."""
+    async def acquire(self, scopes: Sequence[Scope], member: str) -> list[Decision]:
+        """Check every scope and, only when none refuses, count the request in all of them
+        (one Decision per scope, in order). Raises on store errors."""
         ...
 
-    async def release(self, key: str, limits: Limits, member: str, tokens: int) -> None:
-        """The request ended: add its tokens, end its in-flight lease."""
+    async def release(self, scopes: Sequence[Scope], member: str, tokens: int) -> None:
+        """The request ended: add its tokens, end its in-flight leases."""
         ...
 
     async def aclose(self) -> None: ...
@@ -97,11 +103,26 @@ class LocalStore:
     def _now() -> float:
         return time.monotonic() * 1000
 
-    async def acquire(self, key: str, limits: Limits, member: str) -> Decision:
+    async def acquire(self, scopes: Sequence[Scope], member: str) -> list[Decision]:
         now = self._now()
-        state = self._tenants.get(key)
-        if state is None:
-            state = self._tenants[key] = _TenantState()
+        states = []
+        for key, _ in scopes:
+            state = self._tenants.get(key)
+            if state is None:
+                state = self._tenants[key] = _TenantState()
+            states.append(state)
+        decisions = [
+            self._check(state, limits, now)
+            for state, (_, limits) in zip(states, scopes, strict=True)
+        ]
+        if any(d.denied for d in decisions):
+            return decisions
+        return [
+            self._count(state, limits, member, now, d)
+            for state, (_, limits), d in zip(states, scopes, decisions, strict=True)
+        ]
+
+    def _check(self, state: _TenantState, limits: Limits, now: float) -> Decision:
         denied, wait = "", 0
         req_used = req_reset = 0
         if limits.requests:
@@ -137,15 +158,6 @@ class LocalStore:
             in_flight = len(leases)
             if in_flight >= limits.concurrent and not denied:
                 denied, wait = "concurrency", 1000
-        if not denied:
-            if limits.requests:
-                state.requests.append(now)
-                req_used += 1
-                if not req_reset:
-                    req_reset = WINDOW_MS
-            if limits.concurrent:
-                state.leases[member] = now + self._lease_ms
-                in_flight += 1
         return Decision(
             denied,
             max(wait, 1) if denied else 0,
@@ -156,19 +168,33 @@ class LocalStore:
             in_flight,
         )
 
+    def _count(
+        self, state: _TenantState, limits: Limits, member: str, now: float, d: Decision
+    ) -> Decision:
+        req_used, req_reset, in_flight = d.requests_used, d.requests_reset_ms, d.in_flight
+        if limits.requests:
+            state.requests.append(now)
+            req_used += 1
+            req_reset = req_reset or WINDOW_MS
+        if limits.concurrent:
+            state.leases[member] = now + self._lease_ms
+            in_flight += 1
+        return Decision("", 0, req_used, req_reset, d.tokens_used, d.tokens_reset_ms, in_flight)
+
     def in_flight(self, key: str) -> int:
         state = self._tenants.get(key)
         return 0 if state is None else len(state.leases)
 
-    async def release(self, key: str, limits: Limits, member: str, tokens: int) -> None:
-        state = self._tenants.get(key)
-        if state is None:
-            return
-        if tokens > 0 and limits.tokens:
-            now = self._now()
-            state.tokens.roll(int(now // WINDOW_MS))
-            state.tokens.cur += tokens
-        state.leases.pop(member, None)
+    async def release(self, scopes: Sequence[Scope], member: str, tokens: int) -> None:
+        for key, limits in scopes:
+            state = self._tenants.get(key)
+            if state is None:
+                continue
+            if tokens > 0 and limits.tokens:
+                now = self._now()
+                state.tokens.roll(int(now // WINDOW_MS))
+                state.tokens.cur += tokens
+            state.leases.pop(member, None)
 
     async def aclose(self) -> None:
         self._tenants.clear()
@@ -176,26 +202,30 @@ class LocalStore:
 
 # One script does everything, so that a request costs one round trip: it first applies the
 # releases this replica has queued since its last call (tokens of finished requests, ends of
-# their leases), then checks and counts the new request (rpm = tpm = conc = 0: releases only).
-# KEYS: the request's requests log (zset), tokens window (hash), leases (zset), then per
-#       release its tokens window and leases. One hash tag per tenant.
-# ARGV: requests limit, tokens limit, concurrency limit, member, lease ms, window ms, then per
-#       release its tokens and member ('' when it holds no lease).
-# Time is the Redis server's own (TIME), so replicas' clocks never disagree.
+# their leases), then checks the request against each of its scopes (the tenant's counters,
+# and the tenant-on-this-route ones when the route has limits) and counts it in all of them
+# only when none refuses (S = 0: releases only).
+# ARGV: S, member, lease ms, window ms, then per scope its requests, tokens and concurrency
+#       limits, then per release its tokens and member ('' when it held no lease).
+# KEYS: per scope its requests log (zset), tokens window (hash), leases (zset) (one hash tag
+#       per scope), then per release its tokens window and leases.
+# Returns per scope: denied, wait ms, requests used, requests reset ms, tokens used, tokens
+# reset ms, in flight. Time is the Redis server's own (TIME): replicas' clocks never matter.
 _STEP = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rpm, tpm, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local member, lease, window = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local scopes, member = tonumber(ARGV[1]), ARGV[2]
+local lease, window = tonumber(ARGV[3]), tonumber(ARGV[4])
 local idx = math.floor(now / window)
+local into = now - idx * window
 local function tokens_window(key)
   local h = redis.call('HMGET', key, 'w', 'cur', 'prev')
   local w, cur, prev = tonumber(h[1]) or idx, tonumber(h[2]) or 0, tonumber(h[3]) or 0
   if w == idx - 1 then prev = cur; cur = 0 elseif w ~= idx then prev = 0; cur = 0 end
   return cur, prev
 end
-local i = 7
-local k = 4
+local i = 5 + 3 * scopes
+local k = 1 + 3 * scopes
 while ARGV[i] do
   local tokens, done = tonumber(ARGV[i]), ARGV[i + 1]
   if tokens > 0 then
@@ -207,57 +237,71 @@ while ARGV[i] do
   i = i + 2
   k = k + 2
 end
-local denied, wait = '', 0
-local req_used, req_reset = 0, 0
-if rpm > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-  req_used = redis.call('ZCARD', KEYS[1])
-  if req_used > 0 then
-    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    req_reset = tonumber(oldest[2]) + window - now
+local out = {}
+local refused = false
+for s = 0, scopes - 1 do
+  local rpm, tpm = tonumber(ARGV[5 + 3 * s]), tonumber(ARGV[6 + 3 * s])
+  local conc = tonumber(ARGV[7 + 3 * s])
+  local rkey, tkey, ckey = KEYS[1 + 3 * s], KEYS[2 + 3 * s], KEYS[3 + 3 * s]
+  local denied, wait = '', 0
+  local req_used, req_reset = 0, 0
+  if rpm > 0 then
+    redis.call('ZREMRANGEBYSCORE', rkey, '-inf', now - window)
+    req_used = redis.call('ZCARD', rkey)
+    if req_used > 0 then
+      local oldest = redis.call('ZRANGE', rkey, 0, 0, 'WITHSCORES')
+      req_reset = tonumber(oldest[2]) + window - now
+    end
+    if req_used >= rpm then
+      local nth = redis.call('ZRANGE', rkey, req_used - rpm, req_used - rpm, 'WITHSCORES')
+      denied, wait = 'requests', tonumber(nth[2]) + window - now
+    end
   end
-  if req_used >= rpm then
-    local nth = redis.call('ZRANGE', KEYS[1], req_used - rpm, req_used - rpm, 'WITHSCORES')
-    denied, wait = 'requests', tonumber(nth[2]) + window - now
+  local tok_used, tok_reset = 0, 0
+  if tpm > 0 then
+    local cur, prev = tokens_window(tkey)
+    local est = prev * (window - into) / window + cur
+    tok_used = math.ceil(est)
+    if cur > 0 then tok_reset = 2 * window - into elseif prev > 0 then tok_reset = window - into end
+    if est >= tpm and denied == '' then
+      denied = 'tokens'
+      if cur < tpm then
+        wait = math.ceil(window * (1 - (tpm - cur) / prev) - into) + 1
+      else
+        wait = math.ceil(window - into + window * (1 - tpm / cur)) + 1
+      end
+    end
   end
+  local in_flight = 0
+  if conc > 0 then
+    redis.call('ZREMRANGEBYSCORE', ckey, '-inf', now)
+    in_flight = redis.call('ZCARD', ckey)
+    if in_flight >= conc and denied == '' then denied, wait = 'concurrency', 1000 end
+  end
+  if denied ~= '' then refused = true end
+  local base = 7 * s
+  out[base + 1], out[base + 2] = denied, math.max(math.ceil(wait), 1)
+  out[base + 3], out[base + 4] = req_used, math.ceil(req_reset)
+  out[base + 5], out[base + 6], out[base + 7] = tok_used, math.ceil(tok_reset), in_flight
 end
-local tok_used, tok_reset = 0, 0
-if tpm > 0 then
-  local cur, prev = tokens_window(KEYS[2])
-  local into = now - idx * window
-  local est = prev * (window - into) / window + cur
-  tok_used = math.ceil(est)
-  if cur > 0 then tok_reset = 2 * window - into elseif prev > 0 then tok_reset = window - into end
-  if est >= tpm and denied == '' then
-    denied = 'tokens'
-    if cur < tpm then
-      wait = math.ceil(window * (1 - (tpm - cur) / prev) - into) + 1
-    else
-      wait = math.ceil(window - into + window * (1 - tpm / cur)) + 1
+if not refused then
+  for s = 0, scopes - 1 do
+    local base = 7 * s
+    out[base + 2] = 0
+    if tonumber(ARGV[5 + 3 * s]) > 0 then
+      redis.call('ZADD', KEYS[1 + 3 * s], now, member)
+      redis.call('PEXPIRE', KEYS[1 + 3 * s], window)
+      out[base + 3] = out[base + 3] + 1
+      if out[base + 4] == 0 then out[base + 4] = window end
+    end
+    if tonumber(ARGV[7 + 3 * s]) > 0 then
+      redis.call('ZADD', KEYS[3 + 3 * s], now + lease, member)
+      redis.call('PEXPIRE', KEYS[3 + 3 * s], lease)
+      out[base + 7] = out[base + 7] + 1
     end
   end
 end
-local in_flight = 0
-if conc > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  in_flight = redis.call('ZCARD', KEYS[3])
-  if in_flight >= conc and denied == '' then denied, wait = 'concurrency', 1000 end
-end
-if denied == '' then
-  if rpm > 0 then
-    redis.call('ZADD', KEYS[1], now, member)
-    redis.call('PEXPIRE', KEYS[1], window)
-    req_used = req_used + 1
-    if req_reset == 0 then req_reset = window end
-  end
-  if conc > 0 then
-    redis.call('ZADD', KEYS[3], now + lease, member)
-    redis.call('PEXPIRE', KEYS[3], lease)
-    in_flight = in_flight + 1
-  end
-end
-return {denied, math.max(math.ceil(wait), 0), req_used, math.ceil(req_reset), tok_used,
-        math.ceil(tok_reset), in_flight}
+return out
 """
 
 # Releases queued at most this long before they go out on their own (normally the next
@@ -315,11 +359,16 @@ class RedisStore:
             self._queued.pop()
 
     async def _call(
-        self, keys: list[str], args: list[str | int], batch: list[tuple[str, str, int, str]]
+        self, scopes: Sequence[Scope], member: str, batch: list[tuple[str, str, int, str]]
     ) -> Any:
-        for tok, inflight, tokens, member in batch:
+        keys: list[str] = []
+        args: list[str | int] = [len(scopes), member, self._lease, self._window]
+        for key, limits in scopes:
+            keys += self._keys(key)
+            args += (limits.requests, limits.tokens, limits.concurrent)
+        for tok, inflight, tokens, done in batch:
             keys += (tok, inflight)
-            args += (tokens, member)
+            args += (tokens, done)
         try:
             # A hard cap over the socket timeouts (connect + one call): nothing can hang.
             async with asyncio.timeout(self._timeout_s * 3):
@@ -328,26 +377,23 @@ class RedisStore:
             self._requeue(batch)
             raise
 
-    async def acquire(self, key: str, limits: Limits, member: str) -> Decision:
-        args: list[str | int] = [
-            limits.requests,
-            limits.tokens,
-            limits.concurrent,
-            member,
-            self._lease,
-            self._window,
-        ]
-        out = await self._call(list(self._keys(key)), args, self._take())
-        denied = out[0].decode() if isinstance(out[0], bytes) else str(out[0])
-        return Decision(
-            denied, int(out[1]), int(out[2]), int(out[3]), int(out[4]), int(out[5]), int(out[6])
-        )
+    async def acquire(self, scopes: Sequence[Scope], member: str) -> list[Decision]:
+        out = await self._call(scopes, member, self._take())
+        decisions = []
+        for s in range(len(scopes)):
+            v = out[7 * s : 7 * s + 7]
+            denied = v[0].decode() if isinstance(v[0], bytes) else str(v[0])
+            decisions.append(
+                Decision(denied, int(v[1]), int(v[2]), int(v[3]), int(v[4]), int(v[5]), int(v[6]))
+            )
+        return decisions
 
-    async def release(self, key: str, limits: Limits, member: str, tokens: int) -> None:
-        _, tok, inflight = self._keys(key)
-        self._queued.append(
-            (tok, inflight, tokens if limits.tokens else 0, member if limits.concurrent else "")
-        )
+    async def release(self, scopes: Sequence[Scope], member: str, tokens: int) -> None:
+        for key, limits in scopes:
+            _, tok, inflight = self._keys(key)
+            self._queued.append(
+                (tok, inflight, tokens if limits.tokens else 0, member if limits.concurrent else "")
+            )
         if self._flush is None:
             self._flush = asyncio.get_running_loop().call_later(FLUSH_DELAY_S, self._start_flush)
 
@@ -359,9 +405,8 @@ class RedisStore:
     async def flush(self) -> None:
         """Send every queued release now (releases only: no request is counted)."""
         while self._queued:
-            args: list[str | int] = [0, 0, 0, "", self._lease, self._window]
             try:
-                await self._call(["", "", ""], args, self._take())
+                await self._call((), "", self._take())
             except Exception:
                 if self._flush is None:  # Redis down: try again later, not in a loop
                     loop = asyncio.get_running_loop()

@@ -67,6 +67,30 @@ def test_requests_per_minute_429_with_openai_headers(double_url: str, store: str
         assert gw.limiter.counts["rejected_requests"] == 1
 
 
+def test_a_route_limit_applies_per_tenant_on_top_of_the_tenant_limit(
+    double_url: str, store: str
+) -> None:
+    config = limits_config(
+        double_url,
+        {"requests_per_minute": 100},
+        redis_url=store,
+        routes={"default": {"requests_per_minute": 2}},
+    )
+    with gateway(config) as gw:
+        first = post(gw.url)
+        # The headers show the tightest limit: the route's.
+        assert first.headers["x-ratelimit-limit-requests"] == "2"
+        assert first.headers["x-ratelimit-remaining-requests"] == "1"
+        assert post(gw.url).status_code == 200
+        refused = post(gw.url)
+        assert refused.status_code == 429
+        assert "tenant 'acme' on route 'default'" in refused.json()["error"]["message"]
+        # Each tenant has its own counters on the route (`other` has no tenant limit).
+        assert post(gw.url, "other").headers["x-ratelimit-remaining-requests"] == "1"
+        assert gw.limiter.counts["admitted"] == 3  # two of acme's, one of other's
+        assert gw.limiter.counts["rejected_requests"] == 1
+
+
 def test_tokens_per_minute_counted_from_usage(double_url: str, store: str) -> None:
     # The double reports 12 tokens per answer (body, or the stream's usage chunk).
     config = limits_config(double_url, {"tokens_per_minute": 30}, redis_url=store)

@@ -27,6 +27,12 @@ def test_a_limits_tenant_must_exist_in_auth(tmp_path: Path) -> None:
     assert "unknown tenant 'nobody'" in str(error)
 
 
+def test_a_limits_route_must_exist(tmp_path: Path) -> None:
+    error = load_error(tmp_path, BASE + "limits:\n  routes:\n    nope: {requests_per_minute: 5}\n")
+    assert error.key == "limits.routes.nope"
+    assert "unknown route 'nope'" in str(error)
+
+
 def test_tenant_fields_fall_back_to_default_and_zero_means_unlimited() -> None:
     table = LimitTable(
         LimitsConfig.model_validate(
@@ -36,13 +42,22 @@ def test_tenant_fields_fall_back_to_default_and_zero_means_unlimited() -> None:
                     "acme": {"requests_per_minute": 10},
                     "free": {"requests_per_minute": 0, "concurrent_requests": 0},
                 },
+                "routes": {"chat": {"tokens_per_minute": 500}, "idle": {}},
             }
         )
     )
-    assert table.get("acme") == Limits(requests=10, concurrent=4)
-    assert table.get("other") == Limits(requests=100, concurrent=4)
-    assert table.get(None) == Limits(requests=100, concurrent=4)  # the open gateway
-    assert table.get("free") is None
+
+    def limits(tenant: str | None, route: str = "other") -> list[tuple[str, Limits]]:
+        return [(s.key, s.limits) for s in table.get(tenant, route)]
+
+    assert limits("acme") == [("acme", Limits(requests=10, concurrent=4))]
+    assert limits("other") == [("other", Limits(requests=100, concurrent=4))]
+    assert limits(None) == [("-", Limits(requests=100, concurrent=4))]  # the open gateway
+    assert limits("free") == []
+    # A route with limits adds its own counters for each tenant on it.
+    assert limits("free", "chat") == [("free@chat", Limits(tokens=500))]
+    assert limits("acme", "chat")[1] == ("acme@chat", Limits(tokens=500))
+    assert limits("free", "idle") == []
     assert LimitTable(LimitsConfig()).empty
 
 
