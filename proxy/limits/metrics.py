@@ -1,6 +1,6 @@
 """`guardline_limits_decisions_total{outcome}` in the app's registry: admitted, rejected_requests,
 rejected_tokens, rejected_concurrency, degraded (Redis down, fail-open), unavailable (Redis
-down, fail-closed), release_failed."""
+down, fail-closed)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ OUTCOMES = (
     "rejected_concurrency",
     "degraded",
     "unavailable",
-    "release_failed",
 )
 
 

@@ -149,6 +149,7 @@ class Limiter:
         self.fail_closed = config.on_redis_error == "closed"
         self.counts: Counter[str] = Counter()  # admitted, rejected_*, degraded, unavailable
         self._down_until = 0.0
+        self.open = 0  # requests admitted by this process and not released yet
 
     def _store_failed(self, exc: BaseException) -> None:
         if self._down_until < time.monotonic():
@@ -176,16 +177,14 @@ class Limiter:
             self.counts[f"rejected_{denied}"] += 1
             raise rate_limited(scopes, decisions)
         self.counts["admitted"] += 1
+        self.open += 1
         return Grant(pairs, member, ratelimit_headers(scopes, decisions), counted=True)
 
-    async def release(self, grant: Grant, tokens: int) -> None:
-        try:
-            await self.store.release(grant.scopes, grant.member, tokens)
-        except Exception as exc:
-            if not self.shared:
-                raise
-            self._store_failed(exc)
-            self.counts["release_failed"] += 1
+    def release(self, grant: Grant, tokens: int) -> None:
+        if grant.counted:
+            self.open -= 1
+        if grant.releases:
+            self.store.release(grant.scopes, grant.member, tokens)
 
 
 def _set_headers(headers: RawHeaders, ours: RawHeaders) -> None:
@@ -209,10 +208,10 @@ class LimitedChatService:
             reply = await self.inner(state, call)
         except GatewayError as exc:
             exc.headers.update({k.decode(): v.decode() for k, v in grant.headers})
-            self._finish(state, grant, 0)
+            self.limiter.release(grant, 0)
             raise
         except BaseException:
-            self._finish(state, grant, 0)
+            self.limiter.release(grant, 0)
             raise
         _set_headers(reply.headers, grant.headers)
         usage: StreamUsage | None = None
@@ -230,14 +229,10 @@ class LimitedChatService:
                 if inner_closer is not None:
                     await inner_closer()
             finally:
-                self._finish(state, grant, usage.tokens if usage is not None else tokens)
+                self.limiter.release(grant, usage.tokens if usage is not None else tokens)
 
         reply.closer = closer
         return reply
-
-    def _finish(self, state: GatewayState, grant: Grant, tokens: int) -> None:
-        if grant.releases:
-            state.background.spawn(self.limiter.release(grant, tokens), name="limits.release")
 
 
 def build_limiter(config: LimitsConfig) -> Limiter | None:

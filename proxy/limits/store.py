@@ -13,7 +13,7 @@ Both stores implement the same three limits over the same sliding 60 s window:
 
 `acquire` checks all three and admits the request only if all pass (atomically: one Lua
 script in Redis, one round trip); `release` adds the tokens and ends the lease (in Redis:
-queued, and sent with this replica's next script call).
+queued, and sent with this replica's next script call, or after at most 50 ms).
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ class LimitStore(Protocol):
         (one Decision per scope, in order). Raises on store errors."""
         ...
 
-    async def release(self, scopes: Sequence[Scope], member: str, tokens: int) -> None:
-        """The request ended: add its tokens, end its in-flight leases."""
+    def release(self, scopes: Sequence[Scope], member: str, tokens: int) -> None:
+        """The request ended: add its tokens, end its in-flight leases (never waits: in
+        Redis, queued for the next call)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -185,7 +186,7 @@ class LocalStore:
         state = self._tenants.get(key)
         return 0 if state is None else len(state.leases)
 
-    async def release(self, scopes: Sequence[Scope], member: str, tokens: int) -> None:
+    def release(self, scopes: Sequence[Scope], member: str, tokens: int) -> None:
         for key, limits in scopes:
             state = self._tenants.get(key)
             if state is None:
@@ -306,7 +307,7 @@ return out
 
 # Releases queued at most this long before they go out on their own (normally the next
 # request's call takes them along first); at most this many per call.
-FLUSH_DELAY_S = 0.005
+FLUSH_DELAY_S = 0.05
 MAX_BATCH = 64
 MAX_QUEUED = 100_000  # Redis down for long: the oldest releases are dropped (leases expire)
 
@@ -316,7 +317,7 @@ class RedisStore:
 
     `release` only queues: the next `acquire` on this replica sends the queued releases in the
     same script call, before its own check (so a finished request's slot and tokens count for
-    it), and a timer sends them alone after FLUSH_DELAY_S when no request comes. Socket
+    it), and a timer sends them alone after FLUSH_DELAY_S when no request came meanwhile. Socket
     timeouts are short and there are no client-side retries: an unreachable Redis fails the
     call fast and the caller applies `on_redis_error`; releases that could not be sent are
     queued again. The client reconnects by itself on a later call: recovery needs nothing.
@@ -388,7 +389,7 @@ class RedisStore:
             )
         return decisions
 
-    async def release(self, scopes: Sequence[Scope], member: str, tokens: int) -> None:
+    def release(self, scopes: Sequence[Scope], member: str, tokens: int) -> None:
         for key, limits in scopes:
             _, tok, inflight = self._keys(key)
             self._queued.append(

@@ -61,9 +61,10 @@ class Running:
         return service.limiter
 
     def settle(self) -> None:
-        """Wait until every finished request's release (tokens, lease) has run."""
+        """Wait until every admitted request has released (tokens, lease): the release runs
+        just after the response's last byte was sent, which the client may see first."""
         deadline = time.monotonic() + 10
-        while self.state.background.pending:
+        while self.limiter.open:
             assert time.monotonic() < deadline, "releases did not finish"
             time.sleep(0.005)
 
