@@ -21,7 +21,7 @@ none always follows the same one.
   Redis calls/req EVALSHA calls per request counted by Redis (INFO commandstats): one before
                   the request runs (the hot path; it also carries the releases queued since
                   the last call), plus the timer flushes of releases when no request came
-                  within 5 ms (off the request path)
+                  within 50 ms (off the request path)
   PING floor      p50 of a bare redis-py asyncio PING from this process: one round trip
 
 Run: .venv/bin/python benchmarks/bench_limits.py [--requests 1000] [--warmup 100]
