@@ -49,10 +49,7 @@ class Authenticator:
         # Empty keys are skipped: an unset `${KEY:-}` must not admit an empty bearer token.
         # load_config refuses a key shared by two tenants, so the map is unambiguous.
         self._tenant_by_digest: dict[bytes, str] = {
-            key_digest(key): name
-            for name, tenant in tenants.items()
-            for key in tenant.keys
-            if key
+            key_digest(key): name for name, tenant in tenants.items() for key in tenant.keys if key
         }
 
     @property

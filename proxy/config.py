@@ -104,9 +104,14 @@ class _Checker:
 
     def limit_tenants(self, config: GatewayConfig) -> None:
         routes = {route.name for route in config.routes}
-        for name in config.limits.routes:
+        for name, spec in config.limits.routes.items():
             if name not in routes:
                 raise self.fail(("limits", "routes", name), f"unknown route '{name}'")
+            if spec.guard_checks_per_minute is not None:
+                raise self.fail(
+                    ("limits", "routes", name, "guard_checks_per_minute"),
+                    "guard checks are limited per tenant only (limits.default / limits.tenants)",
+                )
         for name in config.limits.tenants:
             if name not in config.auth.tenants:
                 raise self.fail(

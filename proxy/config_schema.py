@@ -148,6 +148,8 @@ class LimitSpec(Strict):
     requests_per_minute: int | None = Field(default=None, ge=0)
     tokens_per_minute: int | None = Field(default=None, ge=0)  # from the upstream's `usage`
     concurrent_requests: int | None = Field(default=None, ge=0)
+    # Guard calls made for the tenant's requests (verdict-cache hits are free); tenants only.
+    guard_checks_per_minute: int | None = Field(default=None, ge=0)
 
 
 class LimitsConfig(Strict):

@@ -1,6 +1,6 @@
-"""`guardline_limits_decisions_total{outcome}` in the app's registry: admitted, rejected_requests,
-rejected_tokens, rejected_concurrency, degraded (Redis down, fail-open), unavailable (Redis
-down, fail-closed)."""
+"""`guardline_limits_decisions_total{outcome}` in the app's registry: admitted,
+rejected_requests, rejected_tokens, rejected_concurrency, rejected_guard_checks, degraded
+(Redis down, fail-open), unavailable (Redis down, fail-closed)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ OUTCOMES = (
     "rejected_requests",
     "rejected_tokens",
     "rejected_concurrency",
+    "rejected_guard_checks",
     "degraded",
     "unavailable",
 )

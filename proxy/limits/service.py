@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from proxy.config_schema import GatewayConfig, LimitsConfig
 from proxy.errors import GatewayError, RateLimited
 from proxy.forward import ChatCall, ChatService
+from proxy.limits.checks import RequestChecks, current_checks
 from proxy.limits.spec import LimitTable, ScopeLimits
 from proxy.limits.store import Decision, LimitStore, LocalStore, RedisStore, Scope
 from proxy.limits.usage import StreamUsage, body_tokens
@@ -71,6 +72,8 @@ def _tightest(
     """(limit, remaining, reset ms) of the scope with the least left of `kind`, if any has it."""
     best: tuple[int, int, int] | None = None
     for scope, d in zip(scopes, decisions, strict=True):
+        if scope.kind == "guard":
+            continue
         if kind == "requests":
             limit, used, reset = scope.limits.requests, d.requests_used, d.requests_reset_ms
         else:
@@ -101,7 +104,12 @@ def ratelimit_headers(scopes: Sequence[ScopeLimits], decisions: Sequence[Decisio
 def rate_limited(scopes: Sequence[ScopeLimits], decisions: Sequence[Decision]) -> RateLimited:
     scope, d = next((s, d) for s, d in zip(scopes, decisions, strict=True) if d.denied)
     limits, who, wait = scope.limits, scope.label, format_reset(d.wait_ms)
-    if d.denied == "requests":
+    if scope.kind == "guard":
+        message = (
+            f"Rate limit reached for {who} on guard checks per min: Limit {limits.tokens}, "
+            f"Used {d.tokens_used}. Please try again in {wait}."
+        )
+    elif d.denied == "requests":
         message = (
             f"Rate limit reached for {who} on requests per min (RPM): Limit "
             f"{limits.requests}, Used {d.requests_used}, Requested 1. "
@@ -121,8 +129,15 @@ def rate_limited(scopes: Sequence[ScopeLimits], decisions: Sequence[Decision]) -
     headers["retry-after"] = str(max(1, math.ceil(d.wait_ms / 1000)))
     headers["retry-after-ms"] = str(d.wait_ms)
     exc = RateLimited(message, headers=headers)
-    exc.type = "tokens" if d.denied == "tokens" else "requests"  # OpenAI's 429 `type`
+    # OpenAI's 429 `type` (`requests` or `tokens`); the guard budget is the gateway's own.
+    exc.type = denial(scope, d)
     return exc
+
+
+def denial(scope: ScopeLimits, d: Decision) -> str:
+    if scope.kind == "guard":
+        return "guard_checks"
+    return "tokens" if d.denied == "tokens" else "requests"
 
 
 @dataclass(slots=True)
@@ -130,6 +145,7 @@ class Grant:
     """An admitted request: the headers to send, and what `release` needs afterwards."""
 
     scopes: list[Scope]
+    guard: list[bool]  # per scope: the guard-check budget (counts checks, not tokens)
     member: str
     headers: RawHeaders
     counted: bool  # False when degraded: nothing to release
@@ -158,6 +174,7 @@ class Limiter:
 
     async def acquire(self, scopes: Sequence[ScopeLimits], member: str) -> Grant:
         pairs: list[Scope] = [(scope.key, scope.limits) for scope in scopes]
+        guard = [scope.kind == "guard" for scope in scopes]
         try:
             if self.shared and time.monotonic() < self._down_until:
                 raise _MarkedDown
@@ -171,20 +188,21 @@ class Limiter:
                 self.counts["unavailable"] += 1
                 raise LimitsUnavailable() from None
             self.counts["degraded"] += 1
-            return Grant(pairs, member, [DEGRADED_HEADER], counted=False)
-        denied = next((d.denied for d in decisions if d.denied), "")
-        if denied:
-            self.counts[f"rejected_{denied}"] += 1
-            raise rate_limited(scopes, decisions)
+            return Grant(pairs, guard, member, [DEGRADED_HEADER], counted=False)
+        for scope, d in zip(scopes, decisions, strict=True):
+            if d.denied:
+                self.counts[f"rejected_{denial(scope, d)}"] += 1
+                raise rate_limited(scopes, decisions)
         self.counts["admitted"] += 1
         self.open += 1
-        return Grant(pairs, member, ratelimit_headers(scopes, decisions), counted=True)
+        return Grant(pairs, guard, member, ratelimit_headers(scopes, decisions), counted=True)
 
-    def release(self, grant: Grant, tokens: int) -> None:
+    def release(self, grant: Grant, tokens: int, checks: int = 0) -> None:
         if grant.counted:
             self.open -= 1
         if grant.releases:
-            self.store.release(grant.scopes, grant.member, tokens)
+            amounts = [checks if g else tokens for g in grant.guard]
+            self.store.release(grant.scopes, grant.member, amounts)
 
 
 def _set_headers(headers: RawHeaders, ours: RawHeaders) -> None:
@@ -204,19 +222,24 @@ class LimitedChatService:
         if not scopes:
             return await self.inner(state, call)
         grant = await self.limiter.acquire(scopes, call.request_id)
+        checks: RequestChecks | None = None
+        if any(grant.guard):
+            # Not reset afterwards: the stream's checks run later in this same task.
+            checks = RequestChecks()
+            current_checks.set(checks)
         try:
             reply = await self.inner(state, call)
         except GatewayError as exc:
             exc.headers.update({k.decode(): v.decode() for k, v in grant.headers})
-            self.limiter.release(grant, 0)
+            self.limiter.release(grant, 0, checks.count if checks else 0)
             raise
         except BaseException:
-            self.limiter.release(grant, 0)
+            self.limiter.release(grant, 0, checks.count if checks else 0)
             raise
         _set_headers(reply.headers, grant.headers)
         usage: StreamUsage | None = None
         tokens = 0
-        if any(scope.limits.tokens for scope in scopes) and reply.status < 400:
+        if any(s.limits.tokens and s.kind != "guard" for s in scopes) and reply.status < 400:
             if reply.stream is not None:
                 usage = StreamUsage()
                 reply.stream = usage.watch(reply.stream)
@@ -229,7 +252,11 @@ class LimitedChatService:
                 if inner_closer is not None:
                     await inner_closer()
             finally:
-                self.limiter.release(grant, usage.tokens if usage is not None else tokens)
+                self.limiter.release(
+                    grant,
+                    usage.tokens if usage is not None else tokens,
+                    checks.count if checks is not None else 0,
+                )
 
         reply.closer = closer
         return reply

@@ -44,14 +44,22 @@ ANONYMOUS = "-"  # the key of the open gateway's (no tenants) callers, who share
 class ScopeLimits:
     """One set of counters a request is checked against and counted in."""
 
-    key: str  # the store's key: the tenant, or `<tenant>@<route>`
+    key: str  # the store's key: the tenant, `<tenant>@<route>` or `<tenant>#guard`
     limits: Limits
     label: str  # for messages: "tenant 'acme'", "tenant 'acme' on route 'chat'"
+    # "guard": the tenant's guard-check budget, kept in the `tokens` counter of its own key
+    # (a sliding-window counter too: admitted while under the budget, counted at the end).
+    kind: str = "limits"
+
+
+def _guard_checks(own: LimitSpec | None, default: LimitSpec) -> int:
+    return _pick(own.guard_checks_per_minute if own else None, default.guard_checks_per_minute)
 
 
 class LimitTable:
     """Tenant (None: no tenants configured, the open gateway) and route -> the scopes that
-    apply: the tenant's own limits, and the tenant-on-this-route limits if the route has any."""
+    apply: the tenant's own limits, the tenant-on-this-route limits if the route has any, and
+    the tenant's guard-check budget."""
 
     def __init__(self, config: LimitsConfig) -> None:
         self._default = resolve(None, config.default)
@@ -60,6 +68,10 @@ class LimitTable:
         }
         self._routes = {name: resolve(spec, LimitSpec()) for name, spec in config.routes.items()}
         self._routes = {name: limits for name, limits in self._routes.items() if limits.any}
+        self._default_checks = _guard_checks(None, config.default)
+        self._checks = {
+            name: _guard_checks(spec, config.default) for name, spec in config.tenants.items()
+        }
 
     def get(self, tenant: str | None, route: str = "") -> list[ScopeLimits]:
         limits = self._default if tenant is None else self._tenants.get(tenant, self._default)
@@ -69,8 +81,24 @@ class LimitTable:
         on_route = self._routes.get(route)
         if on_route is not None:
             scopes.append(ScopeLimits(f"{key}@{route}", on_route, f"{who} on route '{route}'"))
+        checks = (
+            self._default_checks
+            if tenant is None
+            else self._checks.get(tenant, self._default_checks)
+        )
+        if checks:
+            scopes.append(ScopeLimits(f"{key}#guard", Limits(tokens=checks), who, kind="guard"))
         return scopes
 
     @property
+    def counts_guard_checks(self) -> bool:
+        return bool(self._default_checks or any(self._checks.values()))
+
+    @property
     def empty(self) -> bool:
-        return not (self._default.any or self._routes or any(v.any for v in self._tenants.values()))
+        return not (
+            self._default.any
+            or self._routes
+            or any(v.any for v in self._tenants.values())
+            or self.counts_guard_checks
+        )

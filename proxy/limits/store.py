@@ -51,9 +51,10 @@ class LimitStore(Protocol):
         (one Decision per scope, in order). Raises on store errors."""
         ...
 
-    def release(self, scopes: Sequence[Scope], member: str, tokens: int) -> None:
-        """The request ended: add its tokens, end its in-flight leases (never waits: in
-        Redis, queued for the next call)."""
+    def release(self, scopes: Sequence[Scope], member: str, amounts: Sequence[int]) -> None:
+        """The request ended: add each scope's amount (tokens, or guard checks) to its
+        tokens counter and end its in-flight leases (never waits: in Redis, queued for the
+        next call)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -186,8 +187,8 @@ class LocalStore:
         state = self._tenants.get(key)
         return 0 if state is None else len(state.leases)
 
-    def release(self, scopes: Sequence[Scope], member: str, tokens: int) -> None:
-        for key, limits in scopes:
+    def release(self, scopes: Sequence[Scope], member: str, amounts: Sequence[int]) -> None:
+        for (key, limits), tokens in zip(scopes, amounts, strict=True):
             state = self._tenants.get(key)
             if state is None:
                 continue
@@ -389,8 +390,8 @@ class RedisStore:
             )
         return decisions
 
-    def release(self, scopes: Sequence[Scope], member: str, tokens: int) -> None:
-        for key, limits in scopes:
+    def release(self, scopes: Sequence[Scope], member: str, amounts: Sequence[int]) -> None:
+        for (key, limits), tokens in zip(scopes, amounts, strict=True):
             _, tok, inflight = self._keys(key)
             self._queued.append(
                 (tok, inflight, tokens if limits.tokens else 0, member if limits.concurrent else "")

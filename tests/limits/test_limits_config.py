@@ -33,6 +33,21 @@ def test_a_limits_route_must_exist(tmp_path: Path) -> None:
     assert "unknown route 'nope'" in str(error)
 
 
+def test_guard_checks_are_per_tenant_only(tmp_path: Path) -> None:
+    error = load_error(
+        tmp_path, BASE + "limits:\n  routes:\n    kids: {guard_checks_per_minute: 5}\n"
+    )
+    assert error.key == "limits.routes.kids.guard_checks_per_minute"
+    table = LimitTable(
+        LimitsConfig.model_validate(
+            {"default": {"guard_checks_per_minute": 50}, "tenants": {"acme": {}}}
+        )
+    )
+    [scope] = table.get("acme", "any")
+    assert (scope.key, scope.limits, scope.kind) == ("acme#guard", Limits(tokens=50), "guard")
+    assert table.counts_guard_checks
+
+
 def test_tenant_fields_fall_back_to_default_and_zero_means_unlimited() -> None:
     table = LimitTable(
         LimitsConfig.model_validate(
