@@ -12,7 +12,9 @@ tells nothing about any stored key: finding a presented key whose digest shares 
 more leading bytes with a stored digest is a preimage search, and learning that it does
 reveals no byte of the stored key itself (only of its digest, which is equally useless
 without a preimage). A byte-by-byte comparison of plain keys would leak prefixes of the key;
-comparing digests of keys does not. Whether a key exists at all is answered by the 401 anyway.
+comparing digests of keys does not. Python's hash of bytes is keyed (SipHash, random per
+process), so even which bucket a digest falls in cannot be predicted from outside. Whether a
+key exists at all is answered by the 401 anyway.
 """
 
 from __future__ import annotations
