@@ -185,18 +185,36 @@ def create_app(
         state = build_state(config, transports=transports)
         app.state.gateway = state
         try:
+            checked_engine = engine
+            if moderation:
+                from proxy.limits.spec import LimitTable
+
+                if LimitTable(config.limits).counts_guard_checks:
+                    # Per-tenant guard-check budgets: the engine counts each request's calls.
+                    from proxy.counted_engine import CountedEngine
+                    from proxy.guards import build_engine
+
+                    checked_engine = CountedEngine(engine or build_engine(config))
             if obs is not None:
                 state.closers.append(obs.aclose)  # runs last: drains audit, flushes exporters
             if moderation and obs is not None:
                 from proxy.observability.wiring import install_observed_moderation
 
                 await install_observed_moderation(
-                    state, config, obs, engine=engine, before_scrape=before_scrape
+                    state, config, obs, engine=checked_engine, before_scrape=before_scrape
                 )
             elif moderation:
                 from proxy.moderation.wiring import install_moderation
 
-                await install_moderation(state, config, engine=engine)
+                await install_moderation(state, config, engine=checked_engine)
+            # Outermost: a request over its tenant's limit costs no guard check.
+            from proxy.limits.service import install_limits
+
+            limiter = install_limits(state, config)
+            if limiter is not None and obs is not None and obs.metrics is not None:
+                from proxy.limits.metrics import register
+
+                register(limiter, obs.metrics.registry)
             if freeze_gc:
                 # Everything built at start-up lives as long as the process: move it out of
                 # the collector's sight, so that no collection on the request path has to

@@ -40,6 +40,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Gatew
     checker.unique_route_names(routes)
     checker.default_guard(config)
     checker.tenant_keys(config.auth.tenants)
+    checker.limit_tenants(config)
     audit = config.audit.model_copy(update={"path": str(_resolve(base, config.audit.path))})
     return config.model_copy(update={"routes": routes, "audit": audit})
 
@@ -107,6 +108,22 @@ class _Checker:
             raise self.fail(
                 ("default_guard",), f"unknown guard '{config.default_guard}' (known: {known})"
             )
+
+    def limit_tenants(self, config: GatewayConfig) -> None:
+        routes = {route.name for route in config.routes}
+        for name, spec in config.limits.routes.items():
+            if name not in routes:
+                raise self.fail(("limits", "routes", name), f"unknown route '{name}'")
+            if spec.guard_checks_per_minute is not None:
+                raise self.fail(
+                    ("limits", "routes", name, "guard_checks_per_minute"),
+                    "guard checks are limited per tenant only (limits.default / limits.tenants)",
+                )
+        for name in config.limits.tenants:
+            if name not in config.auth.tenants:
+                raise self.fail(
+                    ("limits", "tenants", name), f"unknown tenant '{name}' (not in auth.tenants)"
+                )
 
     def tenant_keys(self, tenants: Mapping[str, TenantConfig]) -> None:
         # A key shared by two tenants would make the tenant depend on dictionary order.

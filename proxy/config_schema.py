@@ -157,6 +157,32 @@ class ModerationsConfig(Strict):
     max_inputs: int = Field(default=32, ge=1, le=1024)
 
 
+class LimitSpec(Strict):
+    # Per tenant, per minute (a sliding 60 s window). Unset: the `default` value; 0: no limit.
+    requests_per_minute: int | None = Field(default=None, ge=0)
+    tokens_per_minute: int | None = Field(default=None, ge=0)  # from the upstream's `usage`
+    concurrent_requests: int | None = Field(default=None, ge=0)
+    # Guard calls made for the tenant's requests (verdict-cache hits are free); tenants only.
+    guard_checks_per_minute: int | None = Field(default=None, ge=0)
+
+
+class LimitsConfig(Strict):
+    # Empty: counters in process (per gateway process). Set: shared by every replica.
+    redis_url: str = ""
+    # Redis unreachable: `open` serves unlimited (marked x-guardline-limits: degraded);
+    # `closed` answers 503 with Retry-After.
+    on_redis_error: Literal["open", "closed"] = "open"
+    redis_timeout_ms: float = Field(default=250.0, gt=0)
+    key_prefix: str = "guardline:limits"
+    # A request that never reports its end (a crashed replica) stops counting as in flight
+    # after this long.
+    concurrency_lease_s: float = Field(default=900.0, gt=0)
+    default: LimitSpec = LimitSpec()
+    tenants: dict[str, LimitSpec] = Field(default_factory=dict)
+    # Route name -> limits of each tenant on that route (own counters, checked in addition).
+    routes: dict[str, LimitSpec] = Field(default_factory=dict)
+
+
 def _default_guards() -> dict[str, GuardConfig]:
     return {"local": EmbeddedGuardConfig(type="embedded")}
 
@@ -173,3 +199,4 @@ class GatewayConfig(Strict):
     logging: LoggingConfig = LoggingConfig()
     audit: AuditConfig = AuditConfig()
     moderations: ModerationsConfig = ModerationsConfig()
+    limits: LimitsConfig = LimitsConfig()

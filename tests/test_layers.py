@@ -38,6 +38,10 @@ def _under(module: str, prefix: str) -> bool:
             ["guard_engine", "proxy.moderation", "proxy.streaming", "proxy.observability"],
         ),
         ("proxy.streaming", ["guard_engine.engine", "guard_engine.backends"]),
+        (
+            "proxy.limits",
+            ["guard_engine", "proxy.moderation", "proxy.streaming", "proxy.observability"],
+        ),
     ],
 )
 def test_package_does_not_import(package: str, forbidden: list[str]) -> None:
