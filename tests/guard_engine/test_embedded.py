@@ -420,12 +420,18 @@ async def test_a_cancelled_queued_check_never_runs() -> None:
         return original(jobs)
 
     b._judge_batch = counting  # type: ignore[method-assign]
-    tasks = [
-        asyncio.create_task(b.check(GuardRequest(prompt=f"{BENIGN} {i}"), policy(), mode="binary"))
-        for i in range(3)
-    ]
-    for _ in range(3):  # the first is running in the worker; the others wait
-        await asyncio.sleep(0)
+
+    def check(i: int) -> asyncio.Task[BackendResult]:
+        request = GuardRequest(prompt=f"{BENIGN} {i}")
+        return asyncio.create_task(b.check(request, policy(), mode="binary"))
+
+    tasks = [check(0)]
+    for _ in range(1000):  # until the first is being judged in the worker thread
+        if judged:
+            break
+        await asyncio.sleep(0.005)
+    tasks += [check(1), check(2)]  # these two wait for the next batch
+    await asyncio.sleep(0)
     tasks[2].cancel()
     await asyncio.sleep(0)
     release.set()
