@@ -234,29 +234,18 @@ def test_cli_refuses_an_unknown_guard_without_config(
 def test_cli_threshold_override_and_heldout_filter(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from guard_engine.backends.embedded_head import DEFAULT_METADATA, assign_split
+    from guard_engine.backends.embedded_head import DEFAULT_METADATA
 
     meta = json.loads(DEFAULT_METADATA.read_text())
-    # a file named like a trained set: --heldout keeps only its test split, by the shipped rule
+    # a file named like a trained set: --heldout keeps only the test rows shipped with the head
     data = tmp_path / "coconot.jsonl"
     rows: list[dict[str, object]] = [
         {"id": f"coconot-{i}", "prompt": f"What is {i} plus {i}?", "label": "safe", "lang": "en"}
-        for i in range(12)
+        for i in range(40)
     ]
     _write_jsonl(data, rows)
-    expected = [
-        r["id"]
-        for r in rows
-        if assign_split(
-            "coconot",
-            str(r["id"]),
-            "en",
-            train_sets=meta["train_sets"],
-            test_fraction=meta["split"]["test_fraction"],
-            val_fraction=meta["split"]["val_fraction"],
-        )
-        == "test"
-    ]
+    test_rows = set(meta["test_rows"]["coconot.jsonl"])
+    expected = [r["id"] for i, r in enumerate(rows) if i in test_rows]
     assert 0 < len(expected) < len(rows)
     monkeypatch.chdir(tmp_path)
     assert main(["eval", str(data), "--heldout", "--threshold", "0", "--json"]) == 0
