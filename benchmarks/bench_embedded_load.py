@@ -9,8 +9,9 @@ finished. Checks the guard sheds (GuardUnavailable: the queue-wait bound,
 be quick refusals, not long waits. Every check's text is unique (a counter is part of it),
 so no cache can answer it: the number is what the guard computes, not what it remembers.
 `--kind output` sends a prompt and a ~60-token answer (an output check); `prompt` a ~25-token
-prompt. Prints checks/s, the CPU per check of this process and p50/p99 of each check's wall
-time.
+prompt; `conversation` what one moderated request costs: the input check of a prompt, then
+the output check of its answer (the prompt's embedding can be reused), counted as one.
+Prints checks/s, the CPU per check of this process and p50/p99 of each check's wall time.
 """
 
 from __future__ import annotations
@@ -63,7 +64,11 @@ async def main(concurrency: int, checks: int, threads: int, kind: str, max_wait:
         for i in counter:
             t0 = time.perf_counter()
             try:
-                await backend.check(request(i, kind), policy, mode="binary")
+                if kind == "conversation":
+                    await backend.check(request(i, "prompt"), policy, mode="binary")
+                    await backend.check(request(i, "output"), policy, mode="binary")
+                else:
+                    await backend.check(request(i, kind), policy, mode="binary")
             except GuardUnavailable:
                 shed.append((time.perf_counter() - t0) * 1000.0)
             else:
@@ -94,7 +99,7 @@ if __name__ == "__main__":
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--checks", type=int, default=400)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--kind", choices=("prompt", "output"), default="prompt")
+    ap.add_argument("--kind", choices=("prompt", "output", "conversation"), default="prompt")
     ap.add_argument("--max-queue-wait-ms", type=float, default=60_000.0)
     a = ap.parse_args()
     asyncio.run(main(a.concurrency, a.checks, a.threads, a.kind, a.max_queue_wait_ms))
