@@ -68,6 +68,9 @@ class _Job:
     future: asyncio.Future[BackendResult]
     enqueued: float
     tokens_estimate: int
+    # Queued behind other work (a batch running or checks waiting): only then can its wait
+    # exceed the bound; a check that found the worker idle waited for scheduling alone.
+    behind: bool
 
 
 @dataclass(slots=True)
@@ -216,7 +219,8 @@ class EmbeddedBackend:
                     guard=self.name,
                 )
         loop = asyncio.get_running_loop()
-        job = _Job(request, policy, mode, loop.create_future(), time.monotonic(), tokens)
+        behind = bool(self._waiting) or self._busy_tokens > 0
+        job = _Job(request, policy, mode, loop.create_future(), time.monotonic(), tokens, behind)
         self._waiting.append(job)
         self._queued_tokens += tokens
         if self._drainer is None or self._drainer.done():
@@ -234,7 +238,7 @@ class EmbeddedBackend:
             for job in batch:
                 if job.future.done():  # cancelled while waiting: never judged
                     continue
-                if self._max_wait_s and now - job.enqueued > self._max_wait_s:
+                if job.behind and now - job.enqueued > self._max_wait_s:
                     job.future.set_exception(
                         GuardUnavailable(
                             f"the embedded guard is overloaded (waited "
