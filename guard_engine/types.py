@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 Label = Literal["safe", "unsafe"]
@@ -88,7 +88,6 @@ class Verdict:
     model: str
     policy: str  # name@hash8
     mode: Mode
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def flagged(self) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
@@ -124,17 +123,6 @@ def _nearest_line(lines: dict[KeyPath, int], loc: KeyPath) -> int | None:
         if loc[:n] in lines:
             return lines[loc[:n]]
     return None
-
-
-def load_yaml_model(model: type[M], path: str | Path, *, env: Mapping[str, str] | None = None) -> M:
-    """Read, interpolate (when `env` is given) and validate a YAML file into `model`."""
-    p = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigFileError(p, f"cannot read file: {exc.strerror or exc}") from None
-    data, lines = load_yaml_text(text, path=p, env=env)
-    return validate(model, data, path=p, lines=lines)
 
 
 def environ() -> Mapping[str, str]:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 DONE: bytes = b"data: [DONE]\n\n"
 _DONE_PAYLOAD = b"[DONE]"
-_CR = 0x0D
 _LF = 0x0A
 
 

@@ -19,7 +19,6 @@ class Decisions:
     output: StageResult | None = None
     output_label: str | None = None  # overrides output status in headers (e.g. "holdback")
     unchecked: tuple[str, ...] = ()
-    extra: dict[str, str] = field(default_factory=dict)
     # A stream's window decisions in the order they finished (with what each judged), so that
     # the final output decision can be audited with its content.
     stream_checks: list[StageResult] = field(default_factory=list)
