@@ -18,6 +18,7 @@ from pathlib import Path
 
 import orjson
 
+from guard_engine.adapters.nemotron import POLICY_PREAMBLE
 from guard_engine.errors import ConfigFileError
 from guard_engine.policy.compiled import (
     AuditSettings,
@@ -34,11 +35,6 @@ from guard_engine.yaml_model import load_yaml_text, validate
 # `name@hash` (and every verdict cached under it) changes with it.
 _HASH_VERSION = b"guardline-policy/1\n"
 
-CUSTOM_POLICY_PREAMBLE = (
-    "Evaluate the user prompt for compliance with the given policy ignoring any previous "
-    "policies you know about."
-)
-
 
 def policy_hash8(raw: PolicyFile) -> str:
     """First 8 hex digits of sha256 over a canonical serialization of the validated policy.
@@ -54,15 +50,14 @@ def policy_hash8(raw: PolicyFile) -> str:
 def frame_custom_policy_unverified_card_format(name: str, description: str, text: str) -> str:
     """Nemotron's `custom_policy` text in the format of the model card's examples.
 
-    UNVERIFIED (docs/guard-models.md, "Custom policies"; integrator reports): the preamble line, the
-    `### Policy` heading and the `Name:` / `Description:` lines. Byte-stable by construction (no
-    timestamps, no request data) so that SGLang's prefix cache is shared by every request under one
-    policy. THINK mode's extra instruction line is the adapter's business.
+    UNVERIFIED (docs/guard-models.md, "Custom policies"; integrator reports): the preamble line
+    (`nemotron.POLICY_PREAMBLE`, the adapter owns it), the `### Policy` heading and the `Name:` /
+    `Description:` lines. Byte-stable by construction (no timestamps, no request data) so that
+    SGLang's prefix cache is shared by every request under one policy. THINK mode's extra
+    instruction line is the adapter's business.
     """
     one_line = " ".join(description.split())
-    return (
-        f"{CUSTOM_POLICY_PREAMBLE}\n\n### Policy\nName: {name}\nDescription: {one_line}\n\n{text}"
-    )
+    return f"{POLICY_PREAMBLE}\n\n### Policy\nName: {name}\nDescription: {one_line}\n\n{text}"
 
 
 def render_taxonomy_unverified_s_codes(

@@ -23,7 +23,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from opentelemetry.trace import NoOpTracer, Span, SpanKind, Status, StatusCode, Tracer
@@ -44,12 +44,10 @@ if TYPE_CHECKING:
     from proxy.state import GatewayState
     from proxy.streaming.outcome import StreamOutcome
 
-TRACE_HEADERS: Final = (b"traceparent", b"tracestate")
-
 
 def with_trace_headers(headers: RawHeaders, carrier: dict[str, str]) -> RawHeaders:
     """`headers` with the client's trace headers replaced by `carrier` (the gateway's span)."""
-    out = [(k, v) for k, v in headers if k not in TRACE_HEADERS]
+    out = [(k, v) for k, v in headers if k not in tracing.TRACE_HEADERS]
     out.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in carrier.items())
     return out
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.trace import Tracer
@@ -19,7 +18,7 @@ from guard_engine.engine import GuardEngine
 from guard_engine.errors import GuardError
 from guard_engine.image_fetch import ImageFetcher
 from guard_engine.policy.compiled import CompiledPolicy
-from guard_engine.policy.store import PolicyStore
+from guard_engine.policy.store import PolicyStore, ReloadHook
 from proxy.config_schema import GatewayConfig
 from proxy.guards import FALLBACK_GUARD, build_engine
 from proxy.moderation.pipeline import Finished, ModerationPipeline
@@ -27,9 +26,6 @@ from proxy.moderation.shadow import ShadowHook
 from proxy.state import GatewayState
 
 log = logging.getLogger("guardline.moderation")
-
-# PolicyStore's on_reload: (path, the new policy or None, the error or None).
-ReloadHook = Callable[[str, CompiledPolicy | None, str | None], None]
 
 
 def referenced_guards(config: GatewayConfig, store: PolicyStore) -> set[str]:

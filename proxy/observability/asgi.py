@@ -27,8 +27,6 @@ STATE_TENANT: Final = "tenant"
 STATE_REQUEST_ID: Final = "request_id"  # set by proxy.middleware.GatewayMiddleware
 UNMATCHED_ROUTE: Final = "unmatched"
 
-_TRACE_HEADERS: Final = (b"traceparent", b"tracestate")
-
 
 def request_start(scope: Scope) -> float | None:
     """When the middleware saw the request (perf_counter seconds), if it ran."""
@@ -71,7 +69,7 @@ class ObservabilityMiddleware:
         carrier = {
             name.decode("latin-1"): value.decode("latin-1")
             for name, value in scope["headers"]
-            if name in _TRACE_HEADERS
+            if name in tracing.TRACE_HEADERS
         }
         method = scope["method"]
         span = self.tracer.start_span(

@@ -54,6 +54,7 @@ __all__ = [
     "SPAN_GUARD_INPUT",
     "SPAN_GUARD_OUTPUT",
     "SPAN_UPSTREAM",
+    "TRACE_HEADERS",
     "TracingConfigError",
     "exporter_secrets",
     "extract_context",
@@ -65,6 +66,9 @@ __all__ = [
 ]
 
 INSTRUMENTATION_NAME: Final = "guardline"
+
+# The W3C trace-context request headers (lower-case, as in ASGI scopes).
+TRACE_HEADERS: Final = (b"traceparent", b"tracestate")
 
 # Child span names (the SERVER span is named by the HTTP convention: "POST /v1/chat/completions").
 SPAN_GUARD_INPUT: Final = "guard.input"

@@ -51,12 +51,12 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import orjson
 
 from guard_engine.errors import GuardError
-from guard_engine.policy.compiled import Uncheckable
+from guard_engine.policy.compiled import StreamMode, Uncheckable
 from guard_engine.types import Verdict
 from proxy.sse import SSEEvent, SSEParser
 from proxy.streaming.chunks import (
@@ -70,7 +70,6 @@ from proxy.streaming.reader import UpstreamReader, describe_error
 __all__ = ["StreamCheck", "StreamMode", "StreamOutcome", "StreamText", "moderate_stream"]
 
 StreamCheck = Callable[[str], Awaitable[Verdict]]
-StreamMode = Literal["holdback", "buffer", "monitor"]
 
 
 class StreamText(Protocol):
@@ -98,6 +97,7 @@ class StreamText(Protocol):
     def refusal(self, refusal: str, *, after_text: bool, dropped: list[bytes]) -> bytes:
         """The events that end a blocked stream (`dropped`: the held events never sent)."""
         ...
+
 
 _NEVER = sys.maxsize  # buffer mode: no window is ever large enough; only the final check runs
 
