@@ -8,6 +8,9 @@ checked, each error naming the field in `param` the way OpenAI does.
 Roles are checked because moderation reads them: a message whose role is `"User"`, a number or
 missing would be judged as nobody's and forwarded unchecked, while the upstream may still read
 it as the user's. OpenAI itself refuses such a message, so the gateway does the same, first.
+
+The checks every API body begins with (`decode_with_model`, `stream_flag`, `type_error`) live
+here too; the other APIs' parsers (`proxy.apis.completions`, `proxy.apis.responses`) use them.
 """
 
 from __future__ import annotations
@@ -41,12 +44,14 @@ class ChatBody:
         return orjson.dumps({**self.data, "model": model})
 
 
-def _type_error(param: str, expected: str) -> InvalidField:
+def type_error(param: str, expected: str) -> InvalidField:
+    """OpenAI's 400 for a field of the wrong type, naming it in `param`."""
     return InvalidField(f"Invalid type for '{param}': expected {expected}.", param=param)
 
 
-def parse_chat_body(raw: bytes) -> ChatBody:
-    """Decode and check `raw`; raises InvalidJSON or InvalidField (400) with `param` set."""
+def decode_with_model(raw: bytes) -> tuple[dict[str, Any], str]:
+    """The body as a JSON object and its `model` (a string), the checks every API begins with;
+    raises InvalidJSON, InvalidRequest or InvalidField (400)."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -55,14 +60,29 @@ def parse_chat_body(raw: bytes) -> ChatBody:
         ) from None
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_type")
-
     model = data.get("model")
     if model is None:
         raise InvalidField(
             "you must provide a model parameter", param="model", code="missing_required_parameter"
         )
     if not isinstance(model, str):
-        raise _type_error("model", "a string")
+        raise type_error("model", "a string")
+    return data, model
+
+
+def stream_flag(data: dict[str, Any]) -> bool:
+    """`stream`: absent or null is False; anything but a boolean is a 400."""
+    stream = data.get("stream")
+    if stream is None:
+        return False
+    if not isinstance(stream, bool):
+        raise type_error("stream", "a boolean")
+    return stream
+
+
+def parse_chat_body(raw: bytes) -> ChatBody:
+    """Decode and check `raw`; raises InvalidJSON or InvalidField (400) with `param` set."""
+    data, model = decode_with_model(raw)
 
     messages = data.get("messages")
     if messages is None:
@@ -72,24 +92,20 @@ def parse_chat_body(raw: bytes) -> ChatBody:
             code="missing_required_parameter",
         )
     if not isinstance(messages, list):
-        raise _type_error("messages", "an array")
+        raise type_error("messages", "an array")
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise _type_error(f"messages[{i}]", "an object")
+            raise type_error(f"messages[{i}]", "an object")
     for i, message in enumerate(messages):
         _check_role(message, f"messages[{i}].role")
 
-    stream = data.get("stream")
-    if stream is None:
-        stream = False
-    elif not isinstance(stream, bool):
-        raise _type_error("stream", "a boolean")
+    stream = stream_flag(data)
 
     include_usage = False
     options = data.get("stream_options")
     if options is not None:
         if not isinstance(options, dict):
-            raise _type_error("stream_options", "an object")
+            raise type_error("stream_options", "an object")
         include_usage = options.get("include_usage") is True
 
     return ChatBody(raw, data, model, messages, stream, include_usage)
@@ -104,7 +120,7 @@ def _check_role(message: dict[str, Any], param: str) -> None:
             code="missing_required_parameter",
         )
     if not isinstance(role, str):
-        raise _type_error(param, "a string")
+        raise type_error(param, "a string")
     if role not in ROLES:
         allowed = ", ".join(f"'{r}'" for r in ROLES)
         raise InvalidField(

@@ -20,16 +20,12 @@ from typing import Any
 import orjson
 
 from proxy.apis.body import ApiBody, param_namer
-from proxy.errors import InvalidField, InvalidJSON, InvalidRequest, NotFound
-from proxy.request_body import ChatBody
+from proxy.errors import InvalidField, NotFound
+from proxy.request_body import ChatBody, decode_with_model, stream_flag, type_error
 from proxy.sse import DONE, encode_data
 from proxy.streaming.chunks import ResponseText, _Choice
 from proxy.streaming.holdback import StreamText
 from proxy.upstreams.reply import ChatUpstream, RawHeaders, UpstreamReply
-
-
-def _type_error(param: str, expected: str) -> InvalidField:
-    return InvalidField(f"Invalid type for '{param}': expected {expected}.", param=param)
 
 
 def _prompt_messages(prompt: Any) -> tuple[list[dict[str, Any]], list[str]]:
@@ -37,7 +33,7 @@ def _prompt_messages(prompt: Any) -> tuple[list[dict[str, Any]], list[str]]:
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}], ["prompt"]
     if not isinstance(prompt, list):
-        raise _type_error("prompt", "a string or an array")
+        raise type_error("prompt", "a string or an array")
     if all(isinstance(p, str) for p in prompt):
         return [{"role": "user", "content": p} for p in prompt], [
             f"prompt[{i}]" for i in range(len(prompt))
@@ -47,28 +43,14 @@ def _prompt_messages(prompt: Any) -> tuple[list[dict[str, Any]], list[str]]:
         for p in prompt
     )
     if not tokens:
-        raise _type_error("prompt", "a string, an array of strings or an array of token ids")
+        raise type_error("prompt", "a string, an array of strings or an array of token ids")
     # Token ids: the guard cannot read them. An unknown part makes them uncheckable.
     return [{"role": "user", "content": {"token_ids": len(prompt)}}], ["prompt"]
 
 
 def parse_completions_body(raw: bytes) -> ApiBody:
     """Decode and check a legacy completion request; raises InvalidJSON or InvalidField."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidJSON(
-            f"We could not parse the JSON body of your request. ({exc.msg})"
-        ) from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_type")
-    model = data.get("model")
-    if model is None:
-        raise InvalidField(
-            "you must provide a model parameter", param="model", code="missing_required_parameter"
-        )
-    if not isinstance(model, str):
-        raise _type_error("model", "a string")
+    data, model = decode_with_model(raw)
     prompt = data.get("prompt")
     if prompt is None:
         raise InvalidField(
@@ -80,19 +62,15 @@ def parse_completions_body(raw: bytes) -> ApiBody:
     suffix = data.get("suffix")
     if suffix is not None:
         if not isinstance(suffix, str):
-            raise _type_error("suffix", "a string")
+            raise type_error("suffix", "a string")
         messages.append({"role": "user", "content": suffix})
         params.append("suffix")
-    stream = data.get("stream")
-    if stream is None:
-        stream = False
-    elif not isinstance(stream, bool):
-        raise _type_error("stream", "a boolean")
+    stream = stream_flag(data)
     include_usage = False
     options = data.get("stream_options")
     if options is not None:
         if not isinstance(options, dict):
-            raise _type_error("stream_options", "an object")
+            raise type_error("stream_options", "an object")
         include_usage = options.get("include_usage") is True
     return ApiBody(
         raw,

@@ -29,8 +29,8 @@ import orjson
 
 from proxy.apis.body import ApiBody, param_namer
 from proxy.apis.responses_text import read_output
-from proxy.errors import InvalidField, InvalidJSON, InvalidRequest, NotFound
-from proxy.request_body import ChatBody
+from proxy.errors import InvalidField, NotFound
+from proxy.request_body import ChatBody, decode_with_model, stream_flag, type_error
 from proxy.streaming.holdback import StreamText
 from proxy.upstreams.reply import ChatUpstream, RawHeaders, UpstreamReply
 
@@ -60,14 +60,10 @@ _MODEL_ITEMS = frozenset(
 _NOT_CONTENT = frozenset({"item_reference", "mcp_approval_response"})
 
 
-def _type_error(param: str, expected: str) -> InvalidField:
-    return InvalidField(f"Invalid type for '{param}': expected {expected}.", param=param)
-
-
 def _part(part: Any, param: str) -> dict[str, Any]:
     """One Responses content part as a chat part (unknown kinds stay unknown: uncheckable)."""
     if not isinstance(part, dict):
-        raise _type_error(param, "an object")
+        raise type_error(param, "an object")
     kind = part.get("type")
     if kind in ("input_text", "output_text") and isinstance(part.get("text"), str):
         return {"type": "text", "text": part["text"]}
@@ -85,14 +81,14 @@ def _content(value: Any, param: str) -> str | list[dict[str, Any]] | None:
     if value is None or isinstance(value, str):
         return value
     if not isinstance(value, list):
-        raise _type_error(param, "a string or an array")
+        raise type_error(param, "a string or an array")
     return [_part(p, f"{param}[{j}]") for j, p in enumerate(value)]
 
 
 def _item(item: Any, param: str) -> tuple[dict[str, Any] | None, str]:
     """One input item as a chat message (None: nothing the guard reads) and its content key."""
     if not isinstance(item, dict):
-        raise _type_error(param, "an object")
+        raise type_error(param, "an object")
     kind = item.get("type")
     if kind is None or kind == "message":
         role = item.get("role")
@@ -113,7 +109,7 @@ def _item(item: Any, param: str) -> tuple[dict[str, Any] | None, str]:
             "content"
         )
     if not isinstance(kind, str):
-        raise _type_error(f"{param}.type", "a string")
+        raise type_error(f"{param}.type", "a string")
     if kind.endswith("_output"):  # function_call_output, custom_tool_call_output, ...
         output = item.get("output")
         content = output if isinstance(output, (str, list)) else None
@@ -133,26 +129,8 @@ def _item(item: Any, param: str) -> tuple[dict[str, Any] | None, str]:
 
 def parse_responses_body(raw: bytes) -> ApiBody:
     """Decode and check a Responses request; raises InvalidJSON or InvalidField (400)."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidJSON(
-            f"We could not parse the JSON body of your request. ({exc.msg})"
-        ) from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_type")
-    model = data.get("model")
-    if model is None:
-        raise InvalidField(
-            "you must provide a model parameter", param="model", code="missing_required_parameter"
-        )
-    if not isinstance(model, str):
-        raise _type_error("model", "a string")
-    stream = data.get("stream")
-    if stream is None:
-        stream = False
-    elif not isinstance(stream, bool):
-        raise _type_error("stream", "a boolean")
+    data, model = decode_with_model(raw)
+    stream = stream_flag(data)
 
     if data.get("background") is True:
         # The answer would be fetched later (GET /v1/responses/{id}), past the output check.
@@ -168,7 +146,7 @@ def parse_responses_body(raw: bytes) -> ApiBody:
     instructions = data.get("instructions")
     if instructions is not None:
         if not isinstance(instructions, str):
-            raise _type_error("instructions", "a string")
+            raise type_error("instructions", "a string")
         messages.append({"role": "system", "content": instructions})
         params.append("instructions")
         content_params.append("instructions")
@@ -185,7 +163,7 @@ def parse_responses_body(raw: bytes) -> ApiBody:
                 params.append(f"input[{i}]")
                 content_params.append(f"input[{i}].{key}" if key else f"input[{i}]")
     elif items is not None:
-        raise _type_error("input", "a string or an array")
+        raise type_error("input", "a string or an array")
     return ApiBody(
         raw,
         data,
