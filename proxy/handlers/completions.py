@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.apis.completions import COMPLETIONS, parse_completions_body
-from proxy.handlers.responses import serve
+from proxy.handlers.chat import serve
 
 
 async def create_completion(request: Request) -> Response:
