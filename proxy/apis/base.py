@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
+from proxy.errors import NotFound
 from proxy.request_body import ChatBody
 from proxy.streaming.holdback import StreamText
 from proxy.upstreams.reply import ChatUpstream, RawHeaders, UpstreamReply
@@ -68,3 +69,20 @@ class ApiAdapter(Protocol):
     ) -> UpstreamReply:
         """Calls the upstream's endpoint for this API."""
         ...
+
+
+async def send_to(
+    upstream: ChatUpstream, method: str, what: str, body: ChatBody, headers: RawHeaders
+) -> UpstreamReply:
+    """Calls the upstream's `method` (e.g. `responses`); an upstream type that does not serve
+    that API (litellm) is a 404 `unsupported_endpoint`. `what` starts the message
+    ("The Responses API is")."""
+    call = getattr(upstream, method, None)
+    if call is None:
+        raise NotFound(
+            f"{what} not served by upstream '{upstream.name}' "
+            "(only `type: openai` upstreams serve it).",
+            code="unsupported_endpoint",
+        )
+    reply: UpstreamReply = await call(body, headers)
+    return reply

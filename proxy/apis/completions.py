@@ -19,11 +19,12 @@ from typing import Any
 
 import orjson
 
+from proxy.apis.base import send_to
 from proxy.apis.body import ApiBody, param_namer
-from proxy.errors import InvalidField, NotFound
+from proxy.errors import InvalidField
 from proxy.request_body import ChatBody, decode_with_model, stream_flag, type_error
 from proxy.sse import DONE, encode_data
-from proxy.streaming.chunks import ResponseText, _Choice
+from proxy.streaming.chunks import ResponseText
 from proxy.streaming.holdback import StreamText
 from proxy.upstreams.reply import ChatUpstream, RawHeaders, UpstreamReply
 
@@ -97,16 +98,7 @@ class CompletionText(ResponseText):
     __slots__ = ()
 
     def _add_choice(self, item: dict[str, Any]) -> int:
-        index = item.get("index", 0)
-        if not isinstance(index, int):
-            index = 0
-        choice = self._choices.get(index)
-        if choice is None:
-            choice = self._choices[index] = _Choice()
-            self.finished = False
-        if item.get("finish_reason") and not choice.finished:
-            choice.finished = True
-            self.finished = all(c.finished for c in self._choices.values())
+        choice = self._choice(item)
         text = item.get("text")
         if isinstance(text, str) and text:
             choice.content.append(text)
@@ -187,15 +179,7 @@ class CompletionsApi:
     async def send(
         self, upstream: ChatUpstream, body: ChatBody, headers: RawHeaders
     ) -> UpstreamReply:
-        completions = getattr(upstream, "completions", None)
-        if completions is None:
-            raise NotFound(
-                f"Legacy completions are not served by upstream '{upstream.name}' "
-                "(only `type: openai` upstreams serve them).",
-                code="unsupported_endpoint",
-            )
-        reply: UpstreamReply = await completions(body, headers)
-        return reply
+        return await send_to(upstream, "completions", "Legacy completions are", body, headers)
 
 
 COMPLETIONS = CompletionsApi()

@@ -27,9 +27,10 @@ from typing import Any
 
 import orjson
 
+from proxy.apis.base import send_to
 from proxy.apis.body import ApiBody, param_namer
 from proxy.apis.responses_text import read_output
-from proxy.errors import InvalidField, NotFound
+from proxy.errors import InvalidField
 from proxy.request_body import ChatBody, decode_with_model, stream_flag, type_error
 from proxy.streaming.holdback import StreamText
 from proxy.upstreams.reply import ChatUpstream, RawHeaders, UpstreamReply
@@ -331,15 +332,7 @@ class ResponsesApi:
     async def send(
         self, upstream: ChatUpstream, body: ChatBody, headers: RawHeaders
     ) -> UpstreamReply:
-        responses = getattr(upstream, "responses", None)
-        if responses is None:
-            raise NotFound(
-                f"The Responses API is not served by upstream '{upstream.name}' "
-                "(only `type: openai` upstreams serve it).",
-                code="unsupported_endpoint",
-            )
-        reply: UpstreamReply = await responses(body, headers)
-        return reply
+        return await send_to(upstream, "responses", "The Responses API is", body, headers)
 
 
 RESPONSES = ResponsesApi()

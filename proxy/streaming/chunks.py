@@ -133,7 +133,9 @@ class ResponseText:
         self.total += added
         return added
 
-    def _add_choice(self, item: dict[str, Any]) -> int:
+    def _choice(self, item: dict[str, Any]) -> _Choice:
+        """The choice a stream item belongs to, with its finish_reason recorded (shared by
+        every chunk shape that numbers its choices)."""
         index = item.get("index", 0)
         if not isinstance(index, int):
             index = 0
@@ -144,6 +146,10 @@ class ResponseText:
         if item.get("finish_reason") and not choice.finished:
             choice.finished = True
             self.finished = all(c.finished for c in self._choices.values())
+        return choice
+
+    def _add_choice(self, item: dict[str, Any]) -> int:
+        choice = self._choice(item)
         delta = item.get("delta")
         if not isinstance(delta, dict):
             return 0
