@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -75,8 +75,32 @@ def _one(client: httpx.Client, i: int) -> tuple[str, float]:
     return "", time.monotonic()
 
 
+def _stream_on(replica: Replica, double: UpstreamDouble) -> str:
+    """A slow stream sent to `replica` itself; what went wrong ("" when nothing)."""
+    headers = {
+        "x-double-id": "in-flight-at-sigterm",
+        "x-double-chunks": "8",
+        "x-double-chunk-delay-ms": "100",
+    }
+    body = {**CHAT, "stream": True}
+    response = httpx.post(
+        replica.url + "/v1/chat/completions", json=body, headers=headers, timeout=60
+    )
+    events = [line for line in response.text.splitlines() if line.startswith("data: ")]
+    if response.status_code != 200 or events[-1:] != ["data: [DONE]"]:
+        return f"{response.status_code}: {response.text[-300:]}"
+    return ""
+
+
+def _wait_received(double: UpstreamDouble, request_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while request_id not in _seen(double):
+        assert time.monotonic() < deadline, f"{request_id} never reached the upstream"
+        time.sleep(0.01)
+
+
 def test_sigterm_to_one_replica_under_load_fails_no_request(
-    stack: tuple[Nginx, list[Replica]],
+    stack: tuple[Nginx, list[Replica]], double: UpstreamDouble
 ) -> None:
     nginx, replicas = stack
     stopped = replicas[1]
@@ -84,6 +108,7 @@ def test_sigterm_to_one_replica_under_load_fails_no_request(
     lock = threading.Lock()
     results: list[tuple[str, float]] = []
     sigterm_at: list[float] = []
+    in_flight: list[Future[str]] = []
 
     def client_loop() -> None:
         with httpx.Client(base_url=nginx.url, timeout=60) as client:
@@ -93,14 +118,19 @@ def test_sigterm_to_one_replica_under_load_fails_no_request(
                 if i is None:
                     return
                 if i == REQUESTS // 3 and not sigterm_at:
-                    # A third of the way in: the other clients have requests in flight.
+                    # A third of the way in: the other clients have requests in flight, and
+                    # one stream surely runs on the replica that is stopped.
+                    in_flight.append(pool.submit(_stream_on, stopped, double))
+                    _wait_received(double, "in-flight-at-sigterm")
                     sigterm_at.append(time.monotonic())
                     stopped.proc.send_signal(signal.SIGTERM)
                 results.append(_one(client, i))
 
-    with ThreadPoolExecutor(CLIENTS) as pool:
+    with ThreadPoolExecutor(CLIENTS + 1) as pool:
         for future in [pool.submit(client_loop) for _ in range(CLIENTS)]:
             future.result()
+        # The stream that was running on the replica when it got SIGTERM finished whole.
+        assert in_flight[0].result() == ""
 
     failures = [error for error, _ in results if error]
     assert failures == [], failures[:5]
