@@ -5,6 +5,8 @@ config and policy mounts that load with guardline's own loader, the GPU of the g
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,17 @@ def test_kustomization_lists_every_manifest() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     assert sorted(kustomization["resources"]) == sorted(files)
+
+
+def test_the_config_map_file_is_up_to_date() -> None:
+    # One config to edit: scripts/k8s_configmap.py writes configmap.yaml from the repository's.
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "k8s_configmap.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_config_map_texts_are_the_repository_files() -> None:
