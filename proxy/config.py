@@ -5,11 +5,18 @@ this module adds what a schema alone cannot check: that names refer to things th
 (routes -> upstreams, tenants, policy files; default_guard -> guards), and it resolves
 relative paths against the config file's directory so the server's working directory
 does not matter.
+
+Paths are made absolute without following symlinks: in a Kubernetes ConfigMap volume
+`default.yaml` is a symlink through `..data` into a timestamped directory that the next
+update deletes. The policy watcher must keep the path as mounted to see that update
+(guard_engine.policy.store), so resolving it here would freeze the policy at its first
+version.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,7 +41,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Gatew
         raise ConfigFileError(p, f"cannot read file: {exc.strerror or exc}") from None
     data, lines = load_yaml_text(text, path=p, env=environ() if env is None else env)
     config = validate(GatewayConfig, data, path=p, lines=lines)
-    base = Path(path).resolve().parent
+    base = Path(os.path.abspath(path)).parent
     checker = _Checker(p, lines)
     routes = [checker.route(i, r, config, base) for i, r in enumerate(config.routes)]
     checker.unique_route_names(routes)
@@ -47,7 +54,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Gatew
 
 def _resolve(base: Path, path: str) -> Path:
     p = Path(path).expanduser()
-    return p if p.is_absolute() else (base / p).resolve()
+    return Path(os.path.normpath(p if p.is_absolute() else base / p))
 
 
 class _Checker:
