@@ -17,12 +17,7 @@ from PIL import Image
 from guard_engine.adapters.nemotron import NemotronAdapter
 from guard_engine.backends.cascade import MAX_RECHECKS_IN_FLIGHT, CascadeBackend
 from guard_engine.backends.cascade_drift import DriftSettings
-from guard_engine.backends.distilled_head import (
-    DistillMeta,
-    Thresholds,
-    load_distilled,
-    save_distilled,
-)
+from guard_engine.backends.distilled_head import Thresholds, load_distilled
 from guard_engine.backends.embedded import EmbeddedBackend
 from guard_engine.backends.embedded_head import DEFAULT_WEIGHTS, HeadSet, load_heads
 from guard_engine.backends.sglang import SGLangBackend
@@ -30,7 +25,7 @@ from guard_engine.cache import VerdictCache
 from guard_engine.engine import GuardEngine
 from guard_engine.types import GuardImage, GuardRequest
 from tests.doubles.sglang_server import SGLangDouble, start_sglang_double
-from tests.factories import make_policy
+from tests.factories import make_head_file, make_policy
 
 WORDS = {"kill": "Violence", "bomb": "Guns and Illegal Weapons"}
 # The default heads' scores (EmbeddedBackend, verdict.score) for these texts:
@@ -61,19 +56,7 @@ def png() -> GuardImage:
 
 
 def head_file(path: Path, *, heads: HeadSet | None = None) -> Path:
-    meta = DistillMeta(
-        policy="test@0123abcd",
-        tenant=None,
-        window=("2026-11-01T00:00:00.000Z", "2026-11-29T00:00:00.000Z"),
-        counts={"train": 800, "heldout": 200},
-        agreement={"overall": 0.99},
-        prompt_thresholds=PROMPT,
-        response_thresholds=RESPONSE,
-        target_agreement=0.99,
-        local_share={"input": 0.8, "output": 0.7},
-        created="2026-11-29T12:00:00.000Z",
-    )
-    save_distilled(heads or load_heads(DEFAULT_WEIGHTS), meta, path)
+    make_head_file(path, prompt=PROMPT, response=RESPONSE, heads=heads)
     return path
 
 
