@@ -146,6 +146,8 @@ def policy_heads(engine: GuardEngine, policies: Iterable[CompiledPolicy]) -> dic
                 "guard": backend.name,
                 **describe_head(backend.head_path, backend.head),
                 "local_answers": "active" if backend.local_suspended is None else "suspended",
+                # A head distilled from another policy version was measured on other labels.
+                "head_matches_policy": backend.head.meta.policy == policy.ref,
             }
     return out
 

@@ -142,6 +142,7 @@ def test_readyz_shows_the_head_each_policy_uses(
     assert ref.startswith("main@")
     assert head["guard"] == "shop" and head["head"] == str(tmp_path / "heads" / "shop.npz")
     assert head["distilled_from"] == "test@0123abcd"
+    assert head["head_matches_policy"] is False  # distilled from another policy
     assert head["created"] == "2026-11-29T12:00:00.000Z"
     assert head["thresholds"]["output"] == {"low": 0.05, "high": 0.95}
     assert len(head["fingerprint"]) == 12
