@@ -16,6 +16,7 @@ answers.
   fallthrough  cascade whose thresholds (0 / 1) send every check on to the model guard:
                local scoring first, then the model guard (input:fallthrough/g)
   model        the model guard alone (input:g)
+  embedded     the plain embedded guard (input:emb): what the local scoring itself costs
 
 "added" = the scenario's percentile minus pass's; "paired" = per-round difference to pass.
 Every response's x-guardline-guard is checked: a row whose checks were not answered where the
@@ -70,6 +71,7 @@ SCENARIOS = [
     Scenario("local", "local", "input:local/local"),
     Scenario("fallthrough", "fallthrough", "input:fallthrough/g"),
     Scenario("model", "g", "input:g"),
+    Scenario("embedded", "emb", "input:emb"),
 ]
 
 
@@ -106,6 +108,7 @@ def write_config(directory: Path, guard_url: str, upstream_url: str) -> Path:
     cascade: dict[str, Any] = {"type": "cascade", "guard": "g", "recheck_sample": 0.0}
     guards = {
         "g": {"type": "sglang", "base_url": guard_url, "timeout_ms": 3000},
+        "emb": {"type": "embedded"},
         "local": {**cascade, "head": str(head(directory, "local", 0.5, 0.99))},
         "fallthrough": {**cascade, "head": str(head(directory, "fallthrough", 0.0, 1.0))},
     }
