@@ -54,7 +54,9 @@ MAX_RECHECKS_IN_FLIGHT: Final = 32
 class CascadeStats:
     """What the proxy's metrics read at scrape time (guard_engine never imports proxy)."""
 
-    answers: dict[tuple[str, Stage], int]  # (answered_by, stage) -> checks answered
+    # (policy name, answered_by, stage) -> checks answered; the name without its hash, so a
+    # policy edit does not start new series
+    answers: dict[tuple[str, str, Stage], int]
     local_unavailable: int  # checks the local scorer could not take (sent to the model guard)
     drift: DriftStats
 
@@ -81,7 +83,7 @@ class CascadeBackend:
         self.local_model = f"guardline-distilled-head@{head.fingerprint}"
         self._scorer = scorer or EmbeddedBackend(name=f"{name}/{LOCAL}", weights_path=head_path)
         self._drift = monitor or DriftMonitor(drift)
-        self._answers: Counter[tuple[str, Stage]] = Counter()
+        self._answers: Counter[tuple[str, str, Stage]] = Counter()
         self._local_unavailable = 0
         self._rechecks: set[asyncio.Task[None]] = set()
 
@@ -111,12 +113,12 @@ class CascadeBackend:
         if self._drift.suspended is None and not request.images and mode != "think":
             local = await self._local_answer(request, policy, mode)
             if local is not None:
-                self._answers[(LOCAL, request.stage)] += 1
+                self._answers[(policy.name, LOCAL, request.stage)] += 1
                 if self._drift.wants_recheck():
                     self._schedule_recheck(request, policy, mode, local)
                 return local
         result = await self.model_guard.check(request, policy, mode=mode, headers=headers)
-        self._answers[(self.model_guard.name, request.stage)] += 1
+        self._answers[(policy.name, self.model_guard.name, request.stage)] += 1
         return BackendResult(
             verdict=result.verdict,
             raw=result.raw,

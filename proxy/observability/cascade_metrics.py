@@ -4,7 +4,7 @@ guard_engine never imports proxy, so a cascade only counts (`CascadeBackend.stat
 collector turns those counts into Prometheus families when /metrics is scraped. Nothing runs on
 the request path.
 
-    guardline_cascade_answers_total{guard, answered_by, stage}   who answered each check
+    guardline_cascade_answers_total{guard, policy, answered_by, stage}   who answered each check
     guardline_cascade_local_unavailable_total{guard}             local scorer busy or broken
     guardline_cascade_rechecks_total{guard, result}              agree | disagree | failed | dropped
     guardline_cascade_disagreement{guard}                        share over the drift window
@@ -38,8 +38,8 @@ class CascadeCollector(Collector):
             if not isinstance(backend, CascadeBackend):
                 continue
             stats = backend.stats()
-            for (answered_by, stage), count in sorted(stats.answers.items()):
-                answers.add_metric([name, f"{name}/{answered_by}", stage], count)
+            for (policy, answered_by, stage), count in sorted(stats.answers.items()):
+                answers.add_metric([name, policy, f"{name}/{answered_by}", stage], count)
             unavailable.add_metric([name], stats.local_unavailable)
             drift = stats.drift
             for result, count in (
@@ -62,9 +62,9 @@ def _families() -> tuple[
     return (
         CounterMetricFamily(
             f"{PREFIX}_answers",
-            "Checks a cascade guard answered, by who answered (<cascade>/local or "
+            "Checks a cascade guard answered, by policy, who answered (<cascade>/local or "
             "<cascade>/<model guard>) and stage",
-            labels=["guard", "answered_by", "stage"],
+            labels=["guard", "policy", "answered_by", "stage"],
         ),
         CounterMetricFamily(
             f"{PREFIX}_local_unavailable",

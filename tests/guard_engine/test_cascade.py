@@ -125,7 +125,10 @@ async def test_confident_prompts_are_answered_locally_the_rest_by_the_model_guar
     assert (border.answered_by, border.verdict.prompt_label) == ("nemotron", "unsafe")
     assert border.model == "nvidia/Nemotron-3.5-Content-Safety"
     assert len(double.requests) == 1
-    assert shop.stats().answers == {("local", "input"): 2, ("nemotron", "input"): 1}
+    assert shop.stats().answers == {
+        ("test", "local", "input"): 2,
+        ("test", "nemotron", "input"): 1,
+    }
 
 
 async def test_output_checks_use_the_response_thresholds(
@@ -211,7 +214,7 @@ async def test_the_engine_stamps_who_answered_and_the_cache_keeps_it(
     assert (first.guard, first.cache_hit) == ("shop/local", False)
     assert (again.guard, again.cache_hit) == ("shop/local", True)
     assert border.guard == "shop/nemotron" and border.model == "nvidia/Nemotron-3.5-Content-Safety"
-    assert shop.stats().answers[("local", "input")] == 1  # the hit did not ask the cascade
+    assert shop.stats().answers[("test", "local", "input")] == 1  # the hit did not ask it
 
 
 async def wait_for_rechecks(backend: CascadeBackend, count: int) -> None:

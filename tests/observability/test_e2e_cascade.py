@@ -122,7 +122,9 @@ def test_clear_cases_are_answered_locally_and_borderline_ones_by_the_model_guard
 
     m = gw.metrics()
     answers = "guardline_cascade_answers_total"
-    assert value(m, answers, guard="shop", answered_by="shop/local", stage="input") == 8
+    assert (
+        value(m, answers, guard="shop", policy="main", answered_by="shop/local", stage="input") == 8
+    )
     assert value(m, answers, guard="shop", answered_by="shop/local", stage="output") == 7
     assert value(m, answers, guard="shop", answered_by="shop/nemotron", stage="input") == 3
     assert value(m, "guardline_cascade_local_suspended", guard="shop") == 0
