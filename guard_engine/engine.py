@@ -65,9 +65,10 @@ class GuardEngine:
         started = self._clock()
         key = None
         if self._cache is not None:
+            variant = getattr(backend, "cache_variant", None)
             key = cache_key(
                 guard=backend.name,
-                adapter=backend.model,
+                adapter=backend.model if variant is None else f"{backend.model}#{variant}",
                 policy_ref=policy.ref,
                 mode=mode,
                 request=request,
@@ -88,8 +89,8 @@ class GuardEngine:
             latency_ms=(self._clock() - started) * 1000,
             cache_hit=False,
             degraded=False,
-            guard=backend.name,
-            model=backend.model,
+            guard=_answered_by(backend.name, result.answered_by),
+            model=result.model or backend.model,
             policy=policy.ref,
             mode=mode,
         )
@@ -103,6 +104,12 @@ class GuardEngine:
     async def aclose(self) -> None:
         for backend in self._backends.values():
             await backend.aclose()
+
+
+def _answered_by(guard: str, inside: str | None) -> str:
+    """A cascade's verdict names who inside it answered ("cascade/local"); a cached verdict
+    keeps that name, so the cache never hides who decided."""
+    return guard if inside is None else f"{guard}/{inside}"
 
 
 def _stamp(verdict: Verdict, *, latency_ms: float, cache_hit: bool) -> Verdict:

@@ -21,9 +21,17 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from guard_engine.backends.distilled_head import load_distilled
 from guard_engine.errors import ConfigFileError
 from guard_engine.yaml_model import KeyPath, environ, load_yaml_text, validate
-from proxy.config_schema import GatewayConfig, RouteConfig, TenantConfig
+from proxy.config_schema import (
+    CascadeGuardConfig,
+    GatewayConfig,
+    GuardConfig,
+    RouteConfig,
+    SGLangGuardConfig,
+    TenantConfig,
+)
 
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -46,10 +54,11 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Gatew
     routes = [checker.route(i, r, config, base) for i, r in enumerate(config.routes)]
     checker.unique_route_names(routes)
     checker.default_guard(config)
+    guards = {name: checker.cascade(name, g, config, base) for name, g in config.guards.items()}
     checker.tenant_keys(config.auth.tenants)
     checker.limit_tenants(config)
     audit = config.audit.model_copy(update={"path": str(_resolve(base, config.audit.path))})
-    return config.model_copy(update={"routes": routes, "audit": audit})
+    return config.model_copy(update={"routes": routes, "audit": audit, "guards": guards})
 
 
 def _resolve(base: Path, path: str) -> Path:
@@ -115,6 +124,32 @@ class _Checker:
             raise self.fail(
                 ("default_guard",), f"unknown guard '{config.default_guard}' (known: {known})"
             )
+
+    def cascade(
+        self, name: str, guard: GuardConfig, config: GatewayConfig, base: Path
+    ) -> GuardConfig:
+        """A cascade names a model guard of this config and a head file that loads; its
+        `head` comes back absolute."""
+        if not isinstance(guard, CascadeGuardConfig):
+            return guard
+        here: KeyPath = ("guards", name)
+        model_guard = config.guards.get(guard.guard)
+        if model_guard is None:
+            known = ", ".join(sorted(config.guards)) or "none"
+            raise self.fail((*here, "guard"), f"unknown guard '{guard.guard}' (known: {known})")
+        if not isinstance(model_guard, SGLangGuardConfig):
+            raise self.fail(
+                (*here, "guard"),
+                f"guard '{guard.guard}' is {model_guard.type}: a cascade needs a model guard "
+                "(type: sglang) to answer what its head cannot",
+            )
+        head = _resolve(base, guard.head)
+        try:
+            load_distilled(head)
+        except Exception as exc:  # missing, unreadable, not a zip, not a head: all "no"
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise self.fail((*here, "head"), f"head file {head} does not load: {detail}") from None
+        return guard.model_copy(update={"head": str(head)})
 
     def limit_tenants(self, config: GatewayConfig) -> None:
         routes = {route.name for route in config.routes}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from proxy.client_headers import check_forward_header
 from proxy.endpoints import EndpointRule, pattern_error
@@ -67,7 +67,37 @@ class EmbeddedGuardConfig(Strict):
     max_queue_wait_ms: float = Field(default=2000.0, gt=0)
 
 
-GuardConfig = Annotated[SGLangGuardConfig | EmbeddedGuardConfig, Field(discriminator="type")]
+class DriftConfig(Strict):
+    # Locally answered checks re-checked by the model guard before the disagreement counts.
+    min_rechecks: int = Field(default=50, ge=1)
+    window: int = Field(default=500, ge=1)  # the disagreement is over the last N re-checks
+    # Above this share of disagreements local answers stop until a reload or a restart.
+    max_disagreement: float = Field(default=0.03, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _min_within_window(self) -> DriftConfig:
+        if self.min_rechecks > self.window:
+            raise ValueError("min_rechecks must not exceed window")
+        return self
+
+
+class CascadeGuardConfig(Strict):
+    """A distilled head answers the confident checks, a model guard the rest (docs/config.md)."""
+
+    type: Literal["cascade"]
+    head: str  # a `guardline distill` head file, relative to the config file
+    guard: str  # the model guard (a `type: sglang` guard of this config) answering the rest
+    # Share of locally answered checks the model guard re-checks in the background.
+    recheck_sample: float = Field(default=0.02, ge=0, le=1)
+    drift: DriftConfig = DriftConfig()
+    threads: int = Field(default=1, ge=1)  # the local scorer's CPU threads
+    # A check the local scorer could not start within this goes to the model guard instead.
+    max_queue_wait_ms: float = Field(default=200.0, gt=0)
+
+
+GuardConfig = Annotated[
+    SGLangGuardConfig | EmbeddedGuardConfig | CascadeGuardConfig, Field(discriminator="type")
+]
 
 
 class OpenAIUpstreamConfig(Strict):

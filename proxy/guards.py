@@ -5,10 +5,15 @@ This is where config (proxy) meets guard_engine: guard_engine knows nothing of c
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 
 from guard_engine.adapters.registry import get_adapter
 from guard_engine.backends.base import Backend
+from guard_engine.backends.cascade import CascadeBackend
+from guard_engine.backends.cascade_drift import DriftSettings
+from guard_engine.backends.distilled_head import load_distilled
 from guard_engine.backends.embedded import EmbeddedBackend
 from guard_engine.backends.sglang import SGLangBackend
 from guard_engine.backends.windowed import WindowedBackend
@@ -16,6 +21,7 @@ from guard_engine.breaker import CircuitBreaker
 from guard_engine.cache import VerdictCache
 from guard_engine.engine import GuardEngine
 from proxy.config_schema import (
+    CascadeGuardConfig,
     EmbeddedGuardConfig,
     GatewayConfig,
     GuardConfig,
@@ -38,7 +44,33 @@ def _guard_transport(config: SGLangGuardConfig) -> httpx.AsyncBaseTransport | No
     return H1Transport(max_connections=config.max_concurrency + 1)
 
 
+def build_cascade(name: str, config: CascadeGuardConfig, model_guard: Backend) -> CascadeBackend:
+    """`config.head` is absolute here: `load_config` resolved it and checked that it loads."""
+    path = Path(config.head)
+    return CascadeBackend(
+        name=name,
+        head=load_distilled(path),
+        head_path=path,
+        model_guard=model_guard,
+        drift=DriftSettings(
+            recheck_sample=config.recheck_sample,
+            min_rechecks=config.drift.min_rechecks,
+            window=config.drift.window,
+            max_disagreement=config.drift.max_disagreement,
+        ),
+        scorer=EmbeddedBackend(
+            name=f"{name}/local",
+            threads=config.threads,
+            weights_path=path,
+            max_queue_wait_ms=config.max_queue_wait_ms,
+        ),
+    )
+
+
 def build_backend(name: str, config: GuardConfig) -> Backend:
+    """A guard that stands alone (embedded or a model guard); cascades: `build_backends`."""
+    if isinstance(config, CascadeGuardConfig):
+        raise ValueError(f"guard {name!r} is a cascade: build it with build_backends")
     if isinstance(config, EmbeddedGuardConfig):
         return EmbeddedBackend(
             name=name, threads=config.threads, max_queue_wait_ms=config.max_queue_wait_ms
@@ -59,7 +91,15 @@ def build_backend(name: str, config: GuardConfig) -> Backend:
 
 
 def build_backends(config: GatewayConfig) -> dict[str, Backend]:
-    backends = {name: build_backend(name, guard) for name, guard in config.guards.items()}
+    backends = {
+        name: build_backend(name, guard)
+        for name, guard in config.guards.items()
+        if not isinstance(guard, CascadeGuardConfig)
+    }
+    # Cascades last: each wraps a model guard built above (shared, not a copy).
+    for name, guard in config.guards.items():
+        if isinstance(guard, CascadeGuardConfig):
+            backends[name] = build_cascade(name, guard, backends[guard.guard])
     embedded = [b for b in backends.values() if isinstance(b, EmbeddedBackend)]
     # The fallback shares the configured embedded guard's model when there is one: one copy
     # of the embeddings in memory.

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+from guard_engine.backends.distilled_head import DistillMeta, Thresholds, save_distilled
+from guard_engine.backends.embedded_head import DEFAULT_WEIGHTS, HeadSet, load_heads
 from guard_engine.policy.compiled import (
     AuditSettings,
     BlockSettings,
@@ -57,3 +60,28 @@ def make_verdict(**overrides: Any) -> Verdict:
         mode="categories",
     )
     return replace(verdict, **overrides)
+
+
+def make_head_file(
+    path: Path,
+    *,
+    prompt: Thresholds,
+    response: Thresholds,
+    heads: HeadSet | None = None,
+    policy: str = "test@0123abcd",
+) -> str:
+    """A distilled head file (as `guardline distill` writes) holding `heads` (default: the
+    shipped embedded heads) with the given cascade thresholds; returns its fingerprint."""
+    meta = DistillMeta(
+        policy=policy,
+        tenant=None,
+        window=("2026-11-01T00:00:00.000Z", "2026-11-29T00:00:00.000Z"),
+        counts={"train": 800, "heldout": 200},
+        agreement={"overall": 0.99},
+        prompt_thresholds=prompt,
+        response_thresholds=response,
+        target_agreement=0.99,
+        local_share={"input": 0.8, "output": 0.7},
+        created="2026-11-29T12:00:00.000Z",
+    )
+    return save_distilled(heads or load_heads(DEFAULT_WEIGHTS), meta, path)

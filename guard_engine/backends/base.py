@@ -13,6 +13,11 @@ from guard_engine.types import GuardRequest, Mode, ParsedVerdict
 class BackendResult:
     verdict: ParsedVerdict
     raw: str  # the guard's answer as text (for audit); the embedded guard writes its score
+    # Set by a backend that delegates (the cascade guard): who inside it answered, e.g.
+    # "local" or a model guard's name. The engine stamps the verdict's guard as
+    # "<backend>/<answered_by>" and its model as `model` (when set).
+    answered_by: str | None = None
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +27,10 @@ class BackendHealth:
 
 
 class Backend(Protocol):
+    """A backend may also have `cache_variant: str` (read with getattr by the engine): part of
+    the verdict cache key, for a backend whose answers change without a policy edit (the
+    cascade guard's head file and whether it still answers locally)."""
+
     name: str  # the guard's name in config.yaml
     model: str  # the guard model's id, for spans and audit
 

@@ -45,6 +45,15 @@ class Decisions:
         ]
         if reasons:
             out.append((b"x-guardline-degraded", ", ".join(reasons).encode()))
+        # Who answered each stage ("input:cascade/local, output:nemotron"), so a cascade's
+        # local share is visible per response.
+        guards = [
+            f"{s.stage}:{s.verdict.guard}"
+            for s in (self.input, self.output)
+            if s is not None and s.verdict is not None
+        ]
+        if guards:
+            out.append((b"x-guardline-guard", ", ".join(guards).encode()))
         if self.unchecked:
             out.append((b"x-guardline-unchecked", ", ".join(self.unchecked).encode()))
         if server_timing:

@@ -9,17 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from opentelemetry.trace import Tracer
 
+from guard_engine.backends.cascade import CascadeBackend, describe_head
 from guard_engine.backends.embedded import EmbeddedBackend
 from guard_engine.engine import GuardEngine
 from guard_engine.errors import GuardError
 from guard_engine.image_fetch import ImageFetcher
 from guard_engine.policy.compiled import CompiledPolicy
 from guard_engine.policy.store import PolicyStore, ReloadHook
-from proxy.config_schema import GatewayConfig
+from proxy.config_schema import CascadeGuardConfig, GatewayConfig
 from proxy.guards import FALLBACK_GUARD, build_engine
 from proxy.moderation.pipeline import Finished, ModerationPipeline
 from proxy.moderation.shadow import ShadowHook
@@ -29,9 +31,14 @@ log = logging.getLogger("guardline.moderation")
 
 
 def referenced_guards(config: GatewayConfig, store: PolicyStore) -> set[str]:
-    """Guards some request may need now: the default, and any a loaded policy names."""
+    """Guards some request may need now: the default, any a loaded policy names, and the
+    model guard of each of those that is a cascade."""
     names = {config.default_guard}
     names.update(p.guard for p in store.policies().values() if p.guard)
+    for name in list(names):
+        guard = config.guards.get(name)
+        if isinstance(guard, CascadeGuardConfig):
+            names.add(guard.guard)
     if any(p.on_guard_error == "fallback" for p in store.policies().values()):
         names.add(FALLBACK_GUARD)
     return names
@@ -73,7 +80,7 @@ async def install_moderation(
     # load is reported by /readyz (and each check fails per on_guard_error), not a crash.
     for name in referenced_guards(config, store):
         backend = engine.guards.get(name)
-        if isinstance(backend, EmbeddedBackend):
+        if isinstance(backend, EmbeddedBackend | CascadeBackend):
             try:
                 await backend.warm()
             except GuardError as exc:
@@ -93,13 +100,19 @@ async def install_moderation(
                 continue
             health = await backend.health()
             detail[name] = {"ok": health.ok, "detail": health.detail}
+            if isinstance(backend, CascadeBackend):
+                detail[name]["cascade"] = backend.describe()
             ok = ok and health.ok
         return ok, {"guards": detail}
 
     async def policies_ready() -> tuple[bool, dict[str, Any]]:
         # An invalid edit keeps the last good version serving: reported, still ready.
         serving = {path: p.ref for path, p in store.policies().items()}
-        return True, {"policies": {"serving": serving, "rejected_edits": store.errors()}}
+        body: dict[str, Any] = {"serving": serving, "rejected_edits": store.errors()}
+        heads = policy_heads(engine, store.policies().values())
+        if heads:
+            body["heads"] = heads  # which distilled head answers for which policy
+        return True, {"policies": body}
 
     async def shadow_report() -> tuple[bool, dict[str, Any]]:
         counts = {
@@ -120,6 +133,23 @@ async def install_moderation(
     state.readiness.extend([guards_ready, policies_ready, shadow_report])
     state.closers.append(close)
     return pipeline
+
+
+def policy_heads(engine: GuardEngine, policies: Iterable[CompiledPolicy]) -> dict[str, Any]:
+    """policy@hash -> the cascade guard it uses and that guard's head, for policies whose
+    guard (or the default one) is a cascade."""
+    out: dict[str, Any] = {}
+    for policy in policies:
+        backend = engine.guards.get(policy.guard or engine.default_guard)
+        if isinstance(backend, CascadeBackend):
+            out[policy.ref] = {
+                "guard": backend.name,
+                **describe_head(backend.head_path, backend.head),
+                "local_answers": "active" if backend.local_suspended is None else "suspended",
+                # A head distilled from another policy version was measured on other labels.
+                "head_matches_policy": backend.head.meta.policy == policy.ref,
+            }
+    return out
 
 
 def _log_reload(path: str, policy: CompiledPolicy | None, error: str | None) -> None:

@@ -24,6 +24,7 @@ from proxy.moderation.pipeline import ModerationPipeline
 from proxy.moderation.report import ModerationReport
 from proxy.observability import tracing
 from proxy.observability.asgi import ObservabilityMiddleware
+from proxy.observability.cascade_metrics import CascadeCollector
 from proxy.observability.late_spans import LateTracer
 from proxy.observability.request_log import RequestLogMiddleware
 from proxy.observability.setup import Observability
@@ -99,6 +100,8 @@ async def install_observed_moderation(
     )
     if before_scrape is not None:
         before_scrape.append(report.sample_breakers)
+    if obs.metrics is not None:
+        obs.metrics.registry.register(CascadeCollector(engine))
     if think is not None:
         # The state drains its background tasks (re-checks included) before any closer runs;
         # this stops the scheduler for good, before the engine closes and the audit drains.
