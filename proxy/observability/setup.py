@@ -66,6 +66,10 @@ class Observability:
             await asyncio.to_thread(self.log_provider.shutdown)
         if self.tracer_provider is not None:
             await asyncio.to_thread(self.tracer_provider.shutdown)
+        if self.metrics is not None:
+            from proxy.observability.multiprocess import mark_this_worker_dead
+
+            mark_this_worker_dead()
 
 
 def config_secrets(config: GatewayConfig) -> Iterator[str]:
