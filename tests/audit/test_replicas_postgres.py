@@ -90,7 +90,12 @@ def _rows(url: str) -> list[tuple[str, str]]:
 
 def _wait_for_rows(url: str, count: int) -> None:
     deadline = time.monotonic() + GENEROUS
-    while len(_rows(url)) < count:
+    while True:
+        try:
+            if len(_rows(url)) >= count:
+                return
+        except psycopg.errors.UndefinedTable:
+            pass  # the gateway has not reached the database yet: no schema so far
         assert time.monotonic() < deadline, "audit rows did not arrive"
         time.sleep(0.1)
 
