@@ -250,6 +250,8 @@ class AuditWriter:
                 if not self._outage:
                     self._outage = True
                     _log.warning("audit store unreachable, retrying: %s", exc)
+                if self.metrics is not None:
+                    self.metrics.audit_store_retried()
                 if self._stopping.is_set():
                     # Shutting down and still down: waiting longer would hold up the exit.
                     _log.error("audit store unreachable at shutdown; unwritten records dropped")

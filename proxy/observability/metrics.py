@@ -123,6 +123,11 @@ class GatewayMetrics:
         self.audit_written = Counter(
             f"{p}_audit_written", "Audit records written to the store", registry=r
         )
+        self.audit_store_retries = Counter(
+            f"{p}_audit_store_retries",
+            "Audit store writes retried because the store was unreachable (PostgreSQL down)",
+            registry=r,
+        )
         self.think_checks = Counter(
             f"{p}_think_checks",
             "Background THINK re-checks by policy and result (agree, disagree, error, dropped)",
@@ -190,6 +195,9 @@ class GatewayMetrics:
 
     def audit_records_written(self, count: int) -> None:
         self.audit_written.inc(count)
+
+    def audit_store_retried(self) -> None:
+        self.audit_store_retries.inc()
 
     def observe_think(self, policy: str, result: str) -> None:
         self._children.get(self.think_checks, policy, result).inc()

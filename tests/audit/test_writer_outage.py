@@ -5,6 +5,7 @@ and shutdown during an outage ends instead of hanging."""
 from __future__ import annotations
 
 import threading
+import time
 
 from proxy.audit.pg_store import PostgresAuditStore
 from proxy.audit.writer import AuditWriter
@@ -42,6 +43,10 @@ def test_down_at_start_then_back(postgres_server: PostgresServer, postgres_url: 
     _submit_all(writer, SENT, "down")
     assert writer.dropped > 0  # beyond the bound, counted
     assert _dropped(metrics) == writer.dropped
+    deadline = time.monotonic() + GENEROUS
+    while not metrics.registry.get_sample_value("guardline_audit_store_retries_total"):
+        assert time.monotonic() < deadline, "no retry was counted"
+        time.sleep(0.05)
 
     postgres_server.start()
     assert writer.flush(GENEROUS)
