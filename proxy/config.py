@@ -57,6 +57,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Gatew
     guards = {name: checker.cascade(name, g, config, base) for name, g in config.guards.items()}
     checker.tenant_keys(config.auth.tenants)
     checker.limit_tenants(config)
+    checker.one_audit_store(config)
     audit = config.audit.model_copy(update={"path": str(_resolve(base, config.audit.path))})
     return config.model_copy(update={"routes": routes, "audit": audit, "guards": guards})
 
@@ -166,6 +167,15 @@ class _Checker:
                 raise self.fail(
                     ("limits", "tenants", name), f"unknown tenant '{name}' (not in auth.tenants)"
                 )
+
+    def one_audit_store(self, config: GatewayConfig) -> None:
+        # `path` has a default, so only a path written in the file conflicts with a URL.
+        if config.audit.url and "path" in config.audit.model_fields_set:
+            raise self.fail(
+                ("audit", "url"),
+                "audit.url and audit.path are both set: choose one store "
+                "(url: PostgreSQL, shared by replicas; path: an SQLite file)",
+            )
 
     def tenant_keys(self, tenants: Mapping[str, TenantConfig]) -> None:
         # A key shared by two tenants would make the tenant depend on dictionary order.

@@ -178,8 +178,21 @@ class LoggingConfig(Strict):
 class AuditConfig(Strict):
     enabled: bool = True
     path: str = "guardline-audit.sqlite3"  # relative to the config file
+    # Set: records go to this PostgreSQL database (one trail for every replica) instead of
+    # the `path` SQLite file; setting both is an error (proxy/config.py).
+    url: str = ""
     queue_size: int = Field(default=10000, ge=1)
     otel_logs: bool = False  # also emit records as OpenTelemetry log records
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, url: str) -> str:
+        from proxy.audit.url import url_problem
+
+        problem = url_problem(url) if url else None
+        if problem is not None:
+            raise ValueError(problem)
+        return url
 
 
 class ModerationsConfig(Strict):

@@ -3,24 +3,37 @@
 
 One connection guarded by a lock: the writer thread inserts in batches, readers (the CLI, an
 admin endpoint) query. WAL lets another process (`guardline audit list`) read while the gateway
-writes.
+writes. The schema is versioned (proxy/audit/migrations.py); the PostgreSQL store
+(`pg_store.py`) has the same methods, and `open_audit_store` picks one.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
 
+from proxy.audit.filters import SQLITE, where_clause
+from proxy.audit.migrations import (
+    LATEST_VERSION,
+    SQLITE_MIGRATIONS,
+    SQLITE_VERSION_TABLE,
+    SchemaTooNew,
+    pending,
+)
 from proxy.audit.record import AuditRecord
 
-SCHEMA_VERSION: Final = 1
+# Kept for readers of older files' `PRAGMA user_version`; the versions live in
+# `audit_schema_version` (proxy/audit/migrations.py).
+SCHEMA_VERSION: Final = LATEST_VERSION
 
-_COLUMNS: Final = (
+COLUMNS: Final = (
     "id",
     "time",
     "request_id",
@@ -42,39 +55,9 @@ _COLUMNS: Final = (
     "disagreement",
 )
 
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS audit (
-    id               TEXT PRIMARY KEY,
-    time             REAL NOT NULL,
-    request_id       TEXT NOT NULL,
-    trace_id         TEXT,
-    tenant           TEXT,
-    route            TEXT NOT NULL,
-    policy           TEXT NOT NULL,
-    stage            TEXT NOT NULL,
-    verdict          TEXT NOT NULL,
-    categories       TEXT NOT NULL DEFAULT '[]',
-    score            REAL,
-    guard            TEXT NOT NULL,
-    guard_latency_ms REAL NOT NULL,
-    degraded         INTEGER NOT NULL DEFAULT 0,
-    content_hash     TEXT NOT NULL,
-    content          TEXT,
-    think            TEXT,
-    think_verdict    TEXT,
-    disagreement     INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
-CREATE INDEX IF NOT EXISTS audit_tenant ON audit (tenant, time);
-CREATE INDEX IF NOT EXISTS audit_route ON audit (route, time);
-CREATE INDEX IF NOT EXISTS audit_policy ON audit (policy, time);
-CREATE INDEX IF NOT EXISTS audit_verdict ON audit (verdict, time);
-CREATE INDEX IF NOT EXISTS audit_request ON audit (request_id);
-"""
-
 _INSERT: Final = (
-    f"INSERT OR REPLACE INTO audit ({', '.join(_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
+    f"INSERT OR REPLACE INTO audit ({', '.join(COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in COLUMNS)})"
 )
 
 
@@ -129,7 +112,7 @@ def _record(row: sqlite3.Row) -> AuditRecord:
 class AuditStore:
     """SQLite audit records at `path` (created with its directory if missing)."""
 
-    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
         if readonly:
@@ -141,10 +124,51 @@ class AuditStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL: durable against a process crash, and no fsync per commit.
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._migrate()
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA busy_timeout=5000")
+        if readonly:
+            found = self.schema_version()
+            if found > LATEST_VERSION:
+                self._db.close()
+                raise SchemaTooNew(found)
+
+    def _migrate(self) -> None:
+        # BEGIN IMMEDIATE takes the write lock first: two processes opening one new file
+        # apply each migration once (the second waits, then finds nothing pending).
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(SQLITE_VERSION_TABLE)
+            (current,) = self._db.execute(
+                "SELECT coalesce(max(version), 0) FROM audit_schema_version"
+            ).fetchone()
+            for migration in pending(SQLITE_MIGRATIONS, int(current)):
+                for statement in migration.statements:
+                    self._db.execute(statement)
+                self._db.execute(
+                    "INSERT INTO audit_schema_version (version, description, applied_at) "
+                    "VALUES (?, ?, ?)",
+                    (migration.version, migration.description, time.time()),
+                )
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def schema_version(self) -> int:
+        """The highest applied migration (0: no versioned schema yet)."""
+        with self._lock:
+            table = self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_schema_version'"
+            ).fetchone()
+            if table is None:
+                return 0
+            (version,) = self._db.execute(
+                "SELECT coalesce(max(version), 0) FROM audit_schema_version"
+            ).fetchone()
+        return int(version)
 
     def close(self) -> None:
         with self._lock:
@@ -222,12 +246,10 @@ class AuditStore:
         `since`/`until` are epoch seconds (since inclusive, until exclusive). `policy` matches
         `name@hash8` exactly or any version of `name`. `category` matches case-insensitively.
         """
-        where, params = _filters(
-            since, until, tenant, route, policy, verdict, category, stage, disagreement
+        where, params = where_clause(
+            SQLITE, since, until, tenant, route, policy, verdict, category, stage, disagreement
         )
-        sql = "SELECT * FROM audit"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        sql = "SELECT * FROM audit" + where
         sql += " ORDER BY time DESC, id DESC"
         if limit is not None:
             sql += " LIMIT ?"
@@ -252,12 +274,10 @@ class AuditStore:
     ) -> Iterator[AuditRecord]:
         """Every matching record, oldest first, read `batch` rows at a time (exports of a
         large trail stay in constant memory). Filters as in `query`."""
-        where, params = _filters(
-            since, until, tenant, route, policy, verdict, category, stage, disagreement
+        where, params = where_clause(
+            SQLITE, since, until, tenant, route, policy, verdict, category, stage, disagreement
         )
-        sql = "SELECT * FROM audit"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        sql = "SELECT * FROM audit" + where
         sql += " ORDER BY time, id"
         with self._lock:
             cursor = self._db.execute(sql, params)
@@ -272,49 +292,3 @@ class AuditStore:
         with self._lock:
             row = self._db.execute("SELECT COUNT(*) AS n FROM audit").fetchone()
         return int(row["n"])
-
-
-def _filters(
-    since: float | None,
-    until: float | None,
-    tenant: str | None,
-    route: str | None,
-    policy: str | None,
-    verdict: str | None,
-    category: str | None,
-    stage: str | None,
-    disagreement: bool | None,
-) -> tuple[list[str], list[Any]]:
-    where: list[str] = []
-    params: list[Any] = []
-    if since is not None:
-        where.append("time >= ?")
-        params.append(since)
-    if until is not None:
-        where.append("time < ?")
-        params.append(until)
-    for column, value in (("tenant", tenant), ("route", route), ("verdict", verdict)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    if stage is not None:
-        where.append("stage = ?")
-        params.append(stage)
-    if policy is not None:
-        if "@" in policy:
-            where.append("policy = ?")
-            params.append(policy)
-        else:
-            # A range on the indexed column: every `name@<hash>` sorts in [`name@`, `nameA`)
-            # because "A" is the character right after "@".
-            where.append("policy >= ? AND policy < ?")
-            params.extend([policy + "@", policy + "A"])
-    if category is not None:
-        where.append(
-            "EXISTS (SELECT 1 FROM json_each(audit.categories) WHERE lower(value) = lower(?))"
-        )
-        params.append(category)
-    if disagreement is not None:
-        where.append("disagreement = ?")
-        params.append(int(disagreement))
-    return where, params

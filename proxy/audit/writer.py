@@ -1,10 +1,17 @@
 """The bounded background audit writer: `submit()` costs a queue put and never blocks.
 
-One daemon thread takes everything queued, writes it in one SQLite transaction per batch, and
-(optionally) emits each record as an OpenTelemetry log record. When the queue is full, the record
-is dropped and counted (`guardline_audit_dropped_total`): losing an audit line under overload is
-better than slowing every request. THINK updates travel through the same queue, so they are
-applied after the insert of the record they update.
+One daemon thread takes everything queued, writes it in one transaction per batch (SQLite or
+PostgreSQL, `proxy/audit/storage.py`), and (optionally) emits each record as an OpenTelemetry
+log record. When the queue is full, the record is dropped and counted
+(`guardline_audit_dropped_total`): losing an audit line under overload is better than slowing
+every request. THINK updates travel through the same queue, so they are applied after the insert
+of the record they update.
+
+A store that is unreachable (`AuditStoreUnavailable`: PostgreSQL down or restarting) keeps the
+batch: the thread waits and tries again with a growing delay, while the queue absorbs new
+records up to its bound and counts the rest as dropped. Nothing on the request path waits for
+it. At shutdown a store that is still down gets one last try; what cannot be written is counted
+as dropped, so `close()` never hangs on a dead database.
 """
 
 from __future__ import annotations
@@ -13,11 +20,12 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from proxy.audit.record import AuditRecord
-from proxy.audit.store import AuditStore
+from proxy.audit.storage import AuditStorage, AuditStoreUnavailable
 
 if TYPE_CHECKING:
     from opentelemetry._logs import Logger as OtelLogger
@@ -31,6 +39,9 @@ DEFAULT_BATCH_SIZE: Final = 512
 # transactions, and far fewer GIL hand-offs between this thread and the event loop's thread
 # (each wake-up can stall the request path for a moment). Audit latency does not matter.
 DEFAULT_LINGER_S: Final = 0.05
+# Retry delays while the store is unreachable: from RETRY_MIN_S, doubling, at most RETRY_MAX_S.
+RETRY_MIN_S: Final = 0.1
+RETRY_MAX_S: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +89,11 @@ def emit_otel_log(logger: OtelLogger, record: AuditRecord) -> None:
 
 
 class AuditWriter:
-    """Queue + one thread in front of an AuditStore. Start on construction; `close()` drains."""
+    """Queue + one thread in front of an audit store. Start on construction; `close()` drains."""
 
     def __init__(
         self,
-        store: AuditStore,
+        store: AuditStorage,
         queue_size: int = 10000,
         metrics: GatewayMetrics | None = None,
         otel_logger: OtelLogger | None = None,
@@ -97,6 +108,10 @@ class AuditWriter:
         self.batch_size = batch_size
         self._queue: queue.Queue[_Item] = queue.Queue(maxsize=queue_size)
         self._closed = False
+        # Set by close(): a retry wait ends at once, and an unreachable store is given up.
+        self._stopping = threading.Event()
+        self._abandoned = False  # the store was unreachable at shutdown: drop the rest
+        self._outage = False  # the store is unreachable (logged once per outage)
         # `dropped` is incremented by any submitting thread (`+=` is not atomic: a lock);
         # `written` only by the writer thread.
         self._dropped_lock = threading.Lock()
@@ -147,6 +162,7 @@ class AuditWriter:
         """Stop accepting records, write what is queued, stop the thread. False on timeout."""
         if not self._closed:
             self._closed = True
+            self._stopping.set()
             try:
                 self._queue.put(_STOP, timeout=timeout)
             except queue.Full:
@@ -197,12 +213,10 @@ class AuditWriter:
     def _write(self, records: list[AuditRecord]) -> None:
         if not records:
             return
-        try:
-            self.store.insert_many(records)
-        except Exception:
-            # The request path must not care; the loss is counted and logged once per batch.
-            _log.exception("audit write failed; %d records dropped", len(records))
-            self._count_dropped(len(records))
+        stored = self._retrying(
+            lambda: self.store.insert_many(records), f"{len(records)} records", len(records)
+        )
+        if not stored:
             return
         self.written += len(records)
         if self.metrics is not None:
@@ -216,9 +230,44 @@ class AuditWriter:
                     break
 
     def _update(self, update: _ThinkUpdate) -> None:
-        try:
-            self.store.attach_think(
+        self._retrying(
+            lambda: self.store.attach_think(
                 update.record_id, update.think, update.think_verdict, update.disagreement
-            )
-        except Exception:
-            _log.exception("audit THINK update failed for record %s", update.record_id)
+            ),
+            f"THINK update of record {update.record_id}",
+            0,
+        )
+
+    def _retrying(self, action: Callable[[], object], what: str, records: int) -> bool:
+        """Run `action` until it succeeds, retrying while the store is unreachable. False when
+        it was given up (an error that retrying cannot fix, or shutdown during an outage); the
+        `records` it carried are then counted as dropped."""
+        delay = RETRY_MIN_S
+        while not self._abandoned:
+            try:
+                action()
+            except AuditStoreUnavailable as exc:
+                if not self._outage:
+                    self._outage = True
+                    _log.warning("audit store unreachable, retrying: %s", exc)
+                if self.metrics is not None:
+                    self.metrics.audit_store_retried()
+                if self._stopping.is_set():
+                    # Shutting down and still down: waiting longer would hold up the exit.
+                    _log.error("audit store unreachable at shutdown; unwritten records dropped")
+                    self._abandoned = True
+                    break
+                self._stopping.wait(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            except Exception:
+                # The request path must not care; the loss is counted and logged once per batch.
+                _log.exception("audit write failed (%s dropped)", what)
+                break
+            if self._outage:
+                self._outage = False
+                _log.warning("audit store reachable again")
+            return True
+        if records:
+            self._count_dropped(records)
+        return False

@@ -7,8 +7,9 @@ guardline audit export [filters] [--out FILE.jsonl]  JSON lines, oldest first (s
 
 Filters: --since/--until (ISO time, or relative: 30s, 15m, 1h, 2d, 1w), --tenant, --route,
 --policy (a name matches every version; name@hash one), --verdict, --category, --stage,
---disagreement. The database is --db, else --config's audit.path, else
-./guardline-audit.sqlite3. The store is opened read-only: this is safe beside a running gateway.
+--disagreement. The store is --db (an SQLite file, or a postgresql://user:pass@host:port/db
+URL), else --config's audit.url (when set) or audit.path, else ./guardline-audit.sqlite3. It is
+opened read-only: this is safe beside a running gateway.
 """
 
 from __future__ import annotations
@@ -24,8 +25,14 @@ from typing import BinaryIO, Final, TextIO
 
 import orjson
 
+from proxy.audit.migrations import SchemaTooNew
 from proxy.audit.record import AuditRecord
-from proxy.audit.store import AuditStore
+from proxy.audit.storage import (
+    AuditStorage,
+    AuditStoreUnavailable,
+    is_postgres_url,
+    open_audit_store,
+)
 
 DEFAULT_DB: Final = "guardline-audit.sqlite3"
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -51,9 +58,15 @@ def parse_time(value: str, *, now: float | None = None) -> float:
 
 def register(parser: argparse.ArgumentParser) -> None:
     source = argparse.ArgumentParser(add_help=False)
-    source.add_argument("--db", metavar="PATH", help=f"audit database (default: {DEFAULT_DB})")
     source.add_argument(
-        "--config", metavar="CONFIG", help="take the database path from this config's audit.path"
+        "--db",
+        metavar="PATH|URL",
+        help=f"audit database: an SQLite file or a postgresql:// URL (default: {DEFAULT_DB})",
+    )
+    source.add_argument(
+        "--config",
+        metavar="CONFIG",
+        help="take the database from this config's audit.url, else its audit.path",
     )
     filters = argparse.ArgumentParser(add_help=False)
     filters.add_argument("--since", type=parse_time, metavar="TIME", help="from (1h, ISO time)")
@@ -79,51 +92,65 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    db = _database(args)
-    if db is None:
+    target = _database(args)
+    if target is None:
         return 2
-    if not db.exists():
-        print(f"no audit database at {db}", file=sys.stderr)
+    if isinstance(target, Path) and not target.exists():
+        print(f"no audit database at {target}", file=sys.stderr)
         return 1
-    with AuditStore(db, readonly=True) as store:
-        if args.audit_command == "show":
-            return _show(store, args.id)
-        if args.audit_command == "export" and args.limit is None:
-            return _export(
-                store.iter_query(
-                    since=args.since,
-                    until=args.until,
-                    tenant=args.tenant,
-                    route=args.route,
-                    policy=args.policy,
-                    verdict=args.verdict,
-                    category=args.category,
-                    stage=args.stage,
-                    disagreement=True if args.disagreement else None,
-                ),
-                args.out,
-            )
-        records = store.query(
-            since=args.since,
-            until=args.until,
-            tenant=args.tenant,
-            route=args.route,
-            policy=args.policy,
-            verdict=args.verdict,
-            category=args.category,
-            limit=args.limit,
-            stage=args.stage,
-            disagreement=True if args.disagreement else None,
+    try:
+        store = open_audit_store(target)
+    except (AuditStoreUnavailable, SchemaTooNew) as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    try:
+        with store:
+            return _answer(store, args)
+    except AuditStoreUnavailable as exc:  # the database went away while reading
+        print(str(exc), file=sys.stderr)
+        return 1
+
+
+def _answer(store: AuditStorage, args: argparse.Namespace) -> int:
+    if args.audit_command == "show":
+        return _show(store, args.id)
+    if args.audit_command == "export" and args.limit is None:
+        return _export(
+            store.iter_query(
+                since=args.since,
+                until=args.until,
+                tenant=args.tenant,
+                route=args.route,
+                policy=args.policy,
+                verdict=args.verdict,
+                category=args.category,
+                stage=args.stage,
+                disagreement=True if args.disagreement else None,
+            ),
+            args.out,
         )
+    records = store.query(
+        since=args.since,
+        until=args.until,
+        tenant=args.tenant,
+        route=args.route,
+        policy=args.policy,
+        verdict=args.verdict,
+        category=args.category,
+        limit=args.limit,
+        stage=args.stage,
+        disagreement=True if args.disagreement else None,
+    )
     if args.audit_command == "list":
         print_table(records, sys.stdout)
         return 0
     return _export(reversed(records), args.out)  # the newest N, written oldest first
 
 
-def _database(args: argparse.Namespace) -> Path | None:
+def _database(args: argparse.Namespace) -> Path | str | None:
+    """An SQLite path or a PostgreSQL URL; None after reporting a bad config."""
     if args.db:
-        return Path(args.db)
+        return args.db if is_postgres_url(args.db) else Path(args.db)
     if args.config:
         from guard_engine.errors import ConfigFileError
         from proxy.config import load_config
@@ -133,11 +160,11 @@ def _database(args: argparse.Namespace) -> Path | None:
         except ConfigFileError as exc:
             print(str(exc), file=sys.stderr)
             return None
-        return Path(config.audit.path)
+        return config.audit.url or Path(config.audit.path)
     return Path(DEFAULT_DB)
 
 
-def _show(store: AuditStore, wanted: str) -> int:
+def _show(store: AuditStorage, wanted: str) -> int:
     record = store.get(wanted)
     if record is None:
         matches = store.find_ids(wanted, limit=2)

@@ -3,6 +3,10 @@
 The config is loaded and validated before uvicorn starts, so a bad file is one readable line
 (`file:line: key ...`) and exit status 2, never a traceback. SIGTERM is uvicorn's graceful
 shutdown: the listener closes, in-flight requests get `server.graceful_shutdown_s` to finish.
+
+`--workers N` (or `server.workers`) runs N uvicorn worker processes on one port; their
+Prometheus metrics are shared through a temporary directory made for the run
+(`proxy/observability/multiprocess.py`), so `/metrics` is right whichever worker answers.
 """
 
 from __future__ import annotations
@@ -89,9 +93,13 @@ def run(args: argparse.Namespace) -> int:
         log_level=args.log_level,
     )
     if workers > 1:
+        from proxy.observability.multiprocess import shared_metrics_dir
+
         # Worker processes import the app themselves: hand them the config path.
         os.environ["GUARDLINE_CONFIG"] = os.path.abspath(args.config)
-        uvicorn.run("proxy.app:app_from_env", factory=True, workers=workers, **options)
+        # /metrics of any worker reports every worker's counts (one directory per run).
+        with shared_metrics_dir():
+            uvicorn.run("proxy.app:app_from_env", factory=True, workers=workers, **options)
     else:
         from proxy.app import create_app
 

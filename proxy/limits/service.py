@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -164,8 +164,16 @@ class Limiter:
         self.shared = shared  # Redis: store errors are possible and handled
         self.fail_closed = config.on_redis_error == "closed"
         self.counts: Counter[str] = Counter()  # admitted, rejected_*, degraded, unavailable
+        # Told each outcome as it is counted (proxy/limits/metrics.py: a Prometheus counter,
+        # which, unlike `counts`, adds up across worker processes).
+        self.on_outcome: Callable[[str], None] | None = None
         self._down_until = 0.0
         self.open = 0  # requests admitted by this process and not released yet
+
+    def _count(self, outcome: str) -> None:
+        self.counts[outcome] += 1
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
 
     def _store_failed(self, exc: BaseException) -> None:
         if self._down_until < time.monotonic():
@@ -185,15 +193,15 @@ class Limiter:
             if not isinstance(exc, _MarkedDown):
                 self._store_failed(exc)
             if self.fail_closed:
-                self.counts["unavailable"] += 1
+                self._count("unavailable")
                 raise LimitsUnavailable() from None
-            self.counts["degraded"] += 1
+            self._count("degraded")
             return Grant(pairs, guard, member, [DEGRADED_HEADER], counted=False)
         for scope, d in zip(scopes, decisions, strict=True):
             if d.denied:
-                self.counts[f"rejected_{denial(scope, d)}"] += 1
+                self._count(f"rejected_{denial(scope, d)}")
                 raise rate_limited(scopes, decisions)
-        self.counts["admitted"] += 1
+        self._count("admitted")
         self.open += 1
         return Grant(pairs, guard, member, ratelimit_headers(scopes, decisions), counted=True)
 

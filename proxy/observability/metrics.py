@@ -2,6 +2,11 @@
 
 Every method takes explicit arguments so that the request path calls one cheap method per fact
 (a label lookup and an add, about a microsecond). `render()` produces the `/metrics` body.
+
+With several worker processes (`guardline serve --workers N`) the values live in shared files
+and `render()` reads every worker's (`proxy/observability/multiprocess.py`). Only the metric
+classes (Counter, Gauge, Histogram) work across processes: no custom collectors here, and
+every Gauge names its `multiprocess_mode`.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from typing import Final, Literal, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
+
+from proxy.observability import multiprocess
 
 M = TypeVar("M", bound=MetricWrapperBase)
 
@@ -93,6 +100,10 @@ class GatewayMetrics:
             "Guard circuit breaker: 0 closed, 1 half-open, 2 open",
             ["guard"],
             registry=r,
+            # Several workers: each has its own breaker, sampled when it answers a scrape.
+            # The worst state among the running workers is what an alert needs; an exited
+            # worker's state is dropped (multiprocess.mark_this_worker_dead).
+            multiprocess_mode="livemax",
         )
         self.cache_hits = Counter(f"{p}_cache_hits", "Verdict cache hits", ["guard"], registry=r)
         self.cache_misses = Counter(
@@ -111,6 +122,11 @@ class GatewayMetrics:
         )
         self.audit_written = Counter(
             f"{p}_audit_written", "Audit records written to the store", registry=r
+        )
+        self.audit_store_retries = Counter(
+            f"{p}_audit_store_retries",
+            "Audit store writes retried because the store was unreachable (PostgreSQL down)",
+            registry=r,
         )
         self.think_checks = Counter(
             f"{p}_think_checks",
@@ -180,6 +196,9 @@ class GatewayMetrics:
     def audit_records_written(self, count: int) -> None:
         self.audit_written.inc(count)
 
+    def audit_store_retried(self) -> None:
+        self.audit_store_retries.inc()
+
     def observe_think(self, policy: str, result: str) -> None:
         self._children.get(self.think_checks, policy, result).inc()
         if result == "disagree":
@@ -195,5 +214,8 @@ class GatewayMetrics:
     # --- exposition ---------------------------------------------------------------------------
 
     def render(self) -> tuple[bytes, str]:
-        """The Prometheus text exposition of this registry: (body, content type)."""
+        """The Prometheus text exposition: of this registry, or, in a multi-worker run, of
+        every worker's metrics (each once). (body, content type)."""
+        if multiprocess.enabled():
+            return multiprocess.render_all_workers(), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

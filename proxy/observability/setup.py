@@ -66,6 +66,10 @@ class Observability:
             await asyncio.to_thread(self.log_provider.shutdown)
         if self.tracer_provider is not None:
             await asyncio.to_thread(self.tracer_provider.shutdown)
+        if self.metrics is not None:
+            from proxy.observability.multiprocess import mark_this_worker_dead
+
+            mark_this_worker_dead()
 
 
 def config_secrets(config: GatewayConfig) -> Iterator[str]:
@@ -110,7 +114,7 @@ def build_observability(
     writer: AuditWriter | None = None
     log_provider: LoggerProvider | None = None
     if config.audit.enabled:
-        from proxy.audit.store import AuditStore
+        from proxy.audit.storage import open_audit_store
         from proxy.audit.writer import AuditWriter
 
         otel_logger = None
@@ -119,7 +123,7 @@ def build_observability(
 
             log_provider = setup_audit_logs(service_name=service_name, env=env)
             otel_logger = audit_logger(log_provider)
-        writer = AuditWriter(
-            AuditStore(config.audit.path), config.audit.queue_size, metrics, otel_logger
-        )
+        # audit.url (PostgreSQL, shared by replicas) when set, else the audit.path SQLite file.
+        store = open_audit_store(config.audit.url or config.audit.path, readonly=False)
+        writer = AuditWriter(store, config.audit.queue_size, metrics, otel_logger)
     return Observability(tracer, provider, metrics, writer, log_provider, redactor)
