@@ -43,6 +43,11 @@ class _RequestRejected(GuardUnavailable):
     guard itself is up, so the circuit breaker does not count it."""
 
 
+class GuardUnreachable(GuardUnavailable):
+    """The request never reached the guard (the connection failed, or the circuit is open):
+    sending it to another replica of the guard cannot judge it twice."""
+
+
 def normalize_base_url(base_url: str) -> str:
     """The server root: accepts "http://h:30000", "http://h:30000/" and "http://h:30000/v1"."""
     root = base_url.strip().rstrip("/")
@@ -57,7 +62,7 @@ def translate_httpx_error(exc: httpx.HTTPError, *, guard: str) -> tuple[GuardErr
         # httpx's own timeouts are set to the time left before the deadline.
         return GuardTimeout(f"guard call timed out ({type(exc).__name__})", guard=guard), False
     if isinstance(exc, httpx.ConnectError):
-        return GuardUnavailable(f"cannot connect to guard: {exc}", guard=guard), True
+        return GuardUnreachable(f"cannot connect to guard: {exc}", guard=guard), True
     return GuardUnavailable(
         f"guard transport error: {type(exc).__name__}: {exc}", guard=guard
     ), False
@@ -124,7 +129,10 @@ class SGLangBackend:
         api_key: str | None = None,
         breaker: CircuitBreaker | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        retry_connect: bool = True,
     ) -> None:
+        """`retry_connect=False`: a failed connection is raised at once (GuardUnreachable)
+        instead of retried here, for a caller that has other replicas to try."""
         if timeout_ms <= 0 or max_concurrency <= 0:
             raise ValueError("timeout_ms and max_concurrency must be positive")
         self.name = name
@@ -134,6 +142,7 @@ class SGLangBackend:
         self.root_url = normalize_base_url(base_url)
         self.timeout_ms = timeout_ms
         self._timeout_s = timeout_ms / 1000
+        self._retry_connect = retry_connect
         self._chat_url = self.root_url + "/v1/chat/completions"
         self._slots = asyncio.Semaphore(max_concurrency)
         headers = {"content-type": "application/json", "accept": "application/json"}
@@ -160,7 +169,9 @@ class SGLangBackend:
     ) -> BackendResult:
         breaker = self.breaker
         if breaker is not None and not breaker.allow():
-            raise GuardUnavailable(f"circuit open: {breaker.describe()}", guard=self.name)
+            raise GuardUnreachable(
+                f"circuit open for {self.root_url}: {breaker.describe()}", guard=self.name
+            )
         try:
             body = self.adapter.build_body(request, policy, model=self.model, mode=mode)
             content = await self._call(orjson.dumps(body), headers)
@@ -209,7 +220,7 @@ class SGLangBackend:
                 )
             except httpx.HTTPError as exc:
                 error, retryable = translate_httpx_error(exc, guard=self.name)
-                if not retryable:
+                if not retryable or not self._retry_connect:
                     raise error from exc
                 delay = backoff_s(attempt)
             else:
