@@ -59,8 +59,8 @@ def build_backend(name: str, config: GuardConfig) -> Backend:
             # Per endpoint: one dead replica must not stop the others being called.
             breaker=CircuitBreaker(config.breaker.failures, config.breaker.reset_s),
             transport=_guard_transport(config, url),
-            # With replicas, a refused connection is retried on another one at once.
-            retry_connect=len(urls) == 1,
+            # With replicas, a failed call is retried on another one at once.
+            retry_here=len(urls) == 1,
         )
         for url in urls
     ]

@@ -8,12 +8,13 @@ and a single-endpoint guard does not change at all.
 
 Choice: the endpoint with the fewest checks outstanding from this process, skipping those
 whose breaker is open; ties go round-robin, so that sequential traffic alternates too.
-Failover: a check that never reached its endpoint (connection failed, or the breaker refused
-it: `GuardUnreachable`) is sent to the next endpoint. It cannot be judged twice, so nothing is
-lost by retrying it. Any other failure (a timeout, a 5xx after the endpoint's own retries, an
-unreadable answer) is the check's result: the guard may have seen it, and the deadline is
-spent. When every endpoint refused the connection, the whole round is tried again after a
-short backoff while the deadline allows (as a single endpoint retries its connection).
+Failover: when an endpoint could not answer (connection refused or lost, circuit open, 5xx,
+429: `sglang.server_failed`) the check goes at once to the next endpoint (the endpoints do not
+retry on their own server: `retry_here=False`). A check has no side effects, so asking a
+second replica is harmless. A refused request (4xx), an unreadable answer or a timeout is the
+check's result: another replica would refuse it too, or the deadline is spent. When every
+endpoint failed, the round is tried again after a short backoff while the deadline allows (as
+a single endpoint retries its own connection).
 
 Health: ready while any endpoint is; the detail lists every endpoint's own health.
 """
@@ -24,18 +25,25 @@ import asyncio
 from collections.abc import Sequence
 
 from guard_engine.backends.base import BackendHealth, BackendResult
-from guard_engine.backends.sglang import MAX_ATTEMPTS, GuardUnreachable, SGLangBackend, backoff_s
-from guard_engine.errors import GuardTimeout
+from guard_engine.backends.sglang import (
+    MAX_ATTEMPTS,
+    GuardUnreachable,
+    SGLangBackend,
+    backoff_s,
+    server_failed,
+)
+from guard_engine.errors import GuardError, GuardTimeout
 from guard_engine.policy.compiled import CompiledPolicy
 from guard_engine.types import GuardRequest, Mode
 
 
 class _Endpoint:
-    __slots__ = ("backend", "outstanding")
+    __slots__ = ("backend", "last_pick", "outstanding")
 
     def __init__(self, backend: SGLangBackend) -> None:
         self.backend = backend
         self.outstanding = 0
+        self.last_pick = 0  # when it was last chosen: ties go to the longest unused
 
     def callable_now(self) -> bool:
         breaker = self.backend.breaker
@@ -53,7 +61,7 @@ class BalancedBackend:
         self.model = first.model
         self.timeout_ms = timeout_ms
         self._endpoints = [_Endpoint(backend) for backend in endpoints]
-        self._next = 0  # where the round-robin tie-break starts next time
+        self._picks = 0
 
     @property
     def endpoints(self) -> list[SGLangBackend]:
@@ -63,17 +71,19 @@ class BalancedBackend:
         return {e.backend.root_url: e.outstanding for e in self._endpoints}
 
     def _pick(self, tried: set[int]) -> int | None:
-        n = len(self._endpoints)
-        start = self._next
-        self._next = (start + 1) % n
-        best: int | None = None
-        for offset in range(n):
-            i = (start + offset) % n
-            endpoint = self._endpoints[i]
-            if i in tried or not endpoint.callable_now():
-                continue
-            if best is None or endpoint.outstanding < self._endpoints[best].outstanding:
-                best = i
+        """The callable endpoint not yet tried with the fewest outstanding checks; among
+        equals the one unused longest (so sequential traffic goes round-robin)."""
+        candidates = [
+            i for i, e in enumerate(self._endpoints) if i not in tried and e.callable_now()
+        ]
+        if not candidates:
+            return None
+        best = min(
+            candidates,
+            key=lambda i: (self._endpoints[i].outstanding, self._endpoints[i].last_pick),
+        )
+        self._picks += 1
+        self._endpoints[best].last_pick = self._picks
         return best
 
     async def check(
@@ -103,9 +113,9 @@ class BalancedBackend:
         deadline: float,
     ) -> BackendResult:
         loop = asyncio.get_running_loop()
+        error: GuardError | None = None  # the last endpoint failure
         for round_ in range(1, MAX_ATTEMPTS + 1):
             tried: set[int] = set()
-            error: GuardUnreachable | None = None
             while (i := self._pick(tried)) is not None:
                 tried.add(i)
                 endpoint = self._endpoints[i]
@@ -114,16 +124,21 @@ class BalancedBackend:
                     return await endpoint.backend.check(
                         request, policy, mode=mode, headers=headers
                     )
-                except GuardUnreachable as exc:
-                    error = exc  # never reached it: the next endpoint may
+                except GuardError as exc:
+                    if not server_failed(exc):
+                        raise
+                    error = exc  # this server could not answer: the next one may
                 finally:
                     endpoint.outstanding -= 1
-            if error is None:  # every breaker is open: nothing to wait for here
+            if not tried:  # every breaker is open: nothing to wait for here
+                if error is not None:
+                    raise error  # opened by this check's own failures: say what they were
                 raise GuardUnreachable(
                     "circuit open on every endpoint: "
                     + "; ".join(e.backend.root_url for e in self._endpoints),
                     guard=self.name,
                 )
+            assert error is not None  # every endpoint tried failed
             delay = backoff_s(round_)
             if round_ == MAX_ATTEMPTS or loop.time() + delay >= deadline:
                 raise error

@@ -44,8 +44,15 @@ class _RequestRejected(GuardUnavailable):
 
 
 class GuardUnreachable(GuardUnavailable):
-    """The request never reached the guard (the connection failed, or the circuit is open):
-    sending it to another replica of the guard cannot judge it twice."""
+    """The request never reached the guard: the connection failed, or the circuit is open."""
+
+
+def server_failed(exc: GuardError) -> bool:
+    """The server could not answer this check (unreachable, circuit open, connection lost,
+    5xx, 429) rather than refusing the request itself (another 4xx), answering in a form the
+    adapter cannot read, or running out of time. Another replica of the guard may answer it:
+    a check has no side effects, so asking twice is harmless."""
+    return isinstance(exc, GuardUnavailable) and not isinstance(exc, _RequestRejected)
 
 
 def normalize_base_url(base_url: str) -> str:
@@ -129,10 +136,10 @@ class SGLangBackend:
         api_key: str | None = None,
         breaker: CircuitBreaker | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        retry_connect: bool = True,
+        retry_here: bool = True,
     ) -> None:
-        """`retry_connect=False`: a failed connection is raised at once (GuardUnreachable)
-        instead of retried here, for a caller that has other replicas to try."""
+        """`retry_here=False`: a failed connection, 429 or 503 is raised at once instead of
+        retried on this server, for a caller that has other replicas to try."""
         if timeout_ms <= 0 or max_concurrency <= 0:
             raise ValueError("timeout_ms and max_concurrency must be positive")
         self.name = name
@@ -142,7 +149,7 @@ class SGLangBackend:
         self.root_url = normalize_base_url(base_url)
         self.timeout_ms = timeout_ms
         self._timeout_s = timeout_ms / 1000
-        self._retry_connect = retry_connect
+        self._retry_here = retry_here
         self._chat_url = self.root_url + "/v1/chat/completions"
         self._slots = asyncio.Semaphore(max_concurrency)
         headers = {"content-type": "application/json", "accept": "application/json"}
@@ -220,14 +227,14 @@ class SGLangBackend:
                 )
             except httpx.HTTPError as exc:
                 error, retryable = translate_httpx_error(exc, guard=self.name)
-                if not retryable or not self._retry_connect:
+                if not retryable or not self._retry_here:
                     raise error from exc
                 delay = backoff_s(attempt)
             else:
                 if response.status_code == 200:
                     return message_content(response.content, guard=self.name)
                 error = self._status_error(response)
-                if response.status_code not in _RETRY_STATUSES:
+                if response.status_code not in _RETRY_STATUSES or not self._retry_here:
                     raise error
                 delay = retry_after_s(response.headers.get("retry-after"))
                 if delay is None:
