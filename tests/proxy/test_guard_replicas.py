@@ -80,6 +80,10 @@ def test_replicas_share_the_checks_and_one_dead_fails_no_request(
         assert dead["ok"] is False and "breaker open" in dead["detail"]
         alive = guard["endpoints"][urls[1]]
         assert alive == {"ok": True, "detail": "health HTTP 200; breaker closed"}
+        # The breaker gauge has one series per endpoint.
+        metrics = client.get("/metrics").text
+        assert f'guardline_breaker_state{{guard="nemotron@{urls[0]}"}} 2.0' in metrics
+        assert f'guardline_breaker_state{{guard="nemotron@{urls[1]}"}} 0.0' in metrics
 
         replicas[1][1].kill()
         assert client.get("/readyz").status_code == 503
