@@ -208,3 +208,44 @@ async def test_a_paused_redis_is_a_miss_bounded_by_the_timeout(
         admin.execute_command("CLIENT", "UNPAUSE")
     finally:
         admin.close()
+
+
+async def test_a_shared_verdict_keeps_only_what_is_left_of_its_ttl(
+    guard: tuple[str, SGLangDouble], redis_server: RedisServer
+) -> None:
+    """Replica B finds A's verdict 290 s into its 300 s: B's LRU keeps it 10 s, not 300; past
+    its expiry it is a miss even while Redis still holds the key."""
+    wall = [1_000_000.0]
+    lru_clock = [0.0]
+
+    def engine() -> GuardEngine:
+        backend = SGLangBackend(
+            name="nemotron",
+            base_url=guard[0],
+            model="nvidia/Nemotron-3.5-Content-Safety",
+            adapter=NemotronAdapter(),
+            timeout_ms=5000,
+            max_concurrency=4,
+        )
+        tier = RedisVerdictTier(
+            redis_server.url, prefix=PREFIX, ttl_s=300, timeout_s=0.05, clock=lambda: wall[0]
+        )
+        cache = VerdictCache(ttl_s=300, clock=lambda: lru_clock[0], shared=tier)
+        return GuardEngine({"nemotron": backend}, default_guard="nemotron", cache=cache)
+
+    a, b = engine(), engine()
+    try:
+        request = GuardRequest(prompt=PROMPT)
+        await a.check(request, make_policy())
+        await _written(a, 1)
+        wall[0] += 290
+        assert (await b.check(request, make_policy())).cache_hit  # from Redis, into B's LRU
+        lru_clock[0] += 11  # past the 10 s it had left
+        calls = len(guard[1].requests)
+        wall[0] += 11  # and past its expiry everywhere
+        assert not (await b.check(request, make_policy())).cache_hit
+        assert len(guard[1].requests) == calls + 1
+        assert _tier(b).counts["miss"] == 1  # Redis still had it, but expired: a miss
+    finally:
+        for e in (a, b):
+            await e.aclose()
