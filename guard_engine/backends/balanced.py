@@ -94,15 +94,11 @@ class BalancedBackend:
         mode: Mode,
         headers: dict[str, str] | None = None,
     ) -> BackendResult:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_ms / 1000
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await self._rounds(request, policy, mode, headers, deadline)
-        except TimeoutError:
-            raise GuardTimeout(
-                f"no guard answer within {self.timeout_ms} ms", guard=self.name
-            ) from None
+        # One deadline for the whole check, handed to each endpoint call rather than imposed
+        # from outside: an endpoint that does not answer in time then fails by its own
+        # timeout, which its breaker counts (a cancellation from here would not be).
+        deadline = asyncio.get_running_loop().time() + self.timeout_ms / 1000
+        return await self._rounds(request, policy, mode, headers, deadline)
 
     async def _rounds(
         self,
@@ -117,12 +113,16 @@ class BalancedBackend:
         for round_ in range(1, MAX_ATTEMPTS + 1):
             tried: set[int] = set()
             while (i := self._pick(tried)) is not None:
+                if loop.time() >= deadline:
+                    raise GuardTimeout(
+                        f"no guard answer within {self.timeout_ms} ms", guard=self.name
+                    )
                 tried.add(i)
                 endpoint = self._endpoints[i]
                 endpoint.outstanding += 1
                 try:
                     return await endpoint.backend.check(
-                        request, policy, mode=mode, headers=headers
+                        request, policy, mode=mode, headers=headers, deadline=deadline
                     )
                 except GuardError as exc:
                     if not server_failed(exc):

@@ -173,7 +173,11 @@ class SGLangBackend:
         *,
         mode: Mode,
         headers: dict[str, str] | None = None,
+        deadline: float | None = None,
     ) -> BackendResult:
+        """`deadline` (event-loop time) ends the call earlier than `timeout_ms` would: a
+        caller that retries elsewhere gives each attempt what is left of its own deadline, so
+        that a timeout is still this server's timeout (counted by its breaker)."""
         breaker = self.breaker
         if breaker is not None and not breaker.allow():
             raise GuardUnreachable(
@@ -181,7 +185,7 @@ class SGLangBackend:
             )
         try:
             body = self.adapter.build_body(request, policy, model=self.model, mode=mode)
-            content = await self._call(orjson.dumps(body), headers)
+            content = await self._call(orjson.dumps(body), headers, deadline)
         except (_RequestRejected, GuardUnparseable):
             if breaker is not None:
                 breaker.record_success()  # the guard answered: it is up
@@ -202,10 +206,13 @@ class SGLangBackend:
             raise GuardUnparseable(str(exc), guard=self.name, raw=content) from exc
         return BackendResult(verdict=verdict, raw=content)
 
-    async def _call(self, body: bytes, headers: dict[str, str] | None) -> str:
+    async def _call(
+        self, body: bytes, headers: dict[str, str] | None, deadline: float | None
+    ) -> str:
         """POST under the deadline: slot wait + attempts + backoff + reading."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout_s
+        own = loop.time() + self._timeout_s
+        deadline = own if deadline is None else min(deadline, own)
         try:
             async with asyncio.timeout_at(deadline), self._slots:
                 return await self._attempts(body, headers, deadline)

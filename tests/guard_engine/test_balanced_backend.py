@@ -14,7 +14,7 @@ from guard_engine.adapters.nemotron import NemotronAdapter
 from guard_engine.backends.balanced import BalancedBackend
 from guard_engine.backends.sglang import SGLangBackend
 from guard_engine.breaker import CircuitBreaker
-from guard_engine.errors import GuardUnavailable, GuardUnparseable
+from guard_engine.errors import GuardTimeout, GuardUnavailable, GuardUnparseable
 from guard_engine.types import GuardRequest
 from tests.doubles.sglang_server import SGLangDouble, start_sglang_double
 from tests.factories import make_policy
@@ -160,3 +160,23 @@ async def test_health_lists_every_endpoint(
 def test_a_balanced_guard_needs_two_endpoints() -> None:
     with pytest.raises(ValueError, match="at least two"):
         _balanced(["http://127.0.0.1:9"])
+
+
+async def test_a_hung_endpoint_times_out_on_its_own_breaker_then_is_skipped(
+    doubles: list[tuple[str, SGLangDouble]],
+) -> None:
+    balanced = _balanced([url for url, _ in doubles[:2]], failures=2, timeout_ms=300)
+    try:
+        doubles[0][1].configure(delay_ms=2000)  # accepts, never answers in time
+        outcomes = []
+        for _ in range(6):
+            try:
+                outcomes.append(await _check(balanced))
+            except GuardTimeout:
+                outcomes.append("timeout")
+        # The hung one's timeouts are its own failures: after two its breaker opened, and
+        # every later check went to the other endpoint.
+        assert outcomes.count("timeout") == 2 and outcomes[-2:] == ["safe", "safe"]
+        assert [e.breaker.state for e in balanced.endpoints if e.breaker] == ["open", "closed"]
+    finally:
+        await balanced.aclose()
