@@ -87,6 +87,17 @@ def _wait_keys(redis_url: str, n: int) -> None:
         client.close()
 
 
+def _assert_no_text_in_redis(redis_url: str, texts: list[str]) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for key in client.scan_iter(match="*"):
+            value = client.get(key) or b""
+            for text in texts:
+                assert text.encode() not in key and text.encode() not in value, (key, value)
+    finally:
+        client.close()
+
+
 def test_a_verdict_from_gateway_a_is_served_by_gateway_b_and_redis_down_is_a_miss(
     tmp_path: Path,
     double_url: str,
@@ -106,6 +117,8 @@ def test_a_verdict_from_gateway_a_is_served_by_gateway_b_and_redis_down_is_a_mis
         )
         assert len(rec.requests) == 2  # input and output check
         _wait_keys(redis_server.url, 2)
+        answer = first.json()["choices"][0]["message"]["content"]
+        _assert_no_text_in_redis(redis_server.url, [PROMPT, "pine forests", answer])
 
         second = _chat(b, PROMPT)
         assert second.status_code == 200
