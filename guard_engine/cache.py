@@ -5,6 +5,10 @@ its verdicts), the mode and the checked content: prompt, response, context turns
 sha256 of every normalized image. Because the input check judges only the last user message
 by default (`input.scope: last_user`), earlier turns of a multi-turn chat are never sent to
 the guard again; with `scope: conversation` they are context and the key covers them.
+
+An optional shared tier (`SharedVerdicts`, e.g. guard_engine.shared_cache in Redis) sits
+behind the LRU: asked only when the LRU misses, fed in the background with every verdict the
+LRU stores, so that a verdict computed by one replica is a hit on the others.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import orjson
 
@@ -48,6 +53,20 @@ def cache_key(
     return hashlib.sha256(payload).hexdigest()
 
 
+class SharedVerdicts(Protocol):
+    """A cache tier shared by replicas. Never raises: an unreachable store is a miss."""
+
+    async def get(self, key: str) -> tuple[Verdict, float] | None:
+        """(verdict marked `cache_hit`, seconds it still lives) or None."""
+        ...
+
+    def put(self, key: str, verdict: Verdict) -> None:
+        """Store in the background: returns at once."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class CacheStats:
     hits: int
@@ -70,6 +89,7 @@ class VerdictCache:
         max_entries: int = 10000,
         ttl_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        shared: SharedVerdicts | None = None,
     ) -> None:
         if max_entries < 0:
             raise ValueError("max_entries must be >= 0")
@@ -78,6 +98,7 @@ class VerdictCache:
         self.max_entries = max_entries
         self.ttl_s = ttl_s
         self._clock = clock
+        self.shared = shared
         self._entries: OrderedDict[str, tuple[float, Verdict]] = OrderedDict()
         self._lock = threading.Lock()
         self._hits = 0
@@ -107,12 +128,32 @@ class VerdictCache:
             self._hits += 1
         return verdict
 
+    async def get_shared(self, key: str) -> Verdict | None:
+        """After a `get` miss: the shared tier's verdict (kept in the LRU for the rest of its
+        life there), or None. One round trip to the shared store."""
+        if self.shared is None:
+            return None
+        found = await self.shared.get(key)
+        if found is None:
+            return None
+        verdict, ttl_left = found
+        self._store(key, verdict, min(ttl_left, self.ttl_s))
+        return verdict
+
     def put(self, key: str, verdict: Verdict) -> None:
-        """Store a verdict. Degraded verdicts (a fallback guard's, or none at all) are not
-        stored: once the real guard is back, it must decide again."""
-        if self.max_entries == 0 or verdict.degraded:
+        """Store a verdict, here and (in the background) in the shared tier. Degraded verdicts
+        (a fallback guard's, or none at all) are not stored: once the real guard is back, it
+        must decide again."""
+        if verdict.degraded:
             return
-        expires = self._clock() + self.ttl_s
+        self._store(key, verdict, self.ttl_s)
+        if self.shared is not None:
+            self.shared.put(key, verdict)
+
+    def _store(self, key: str, verdict: Verdict, ttl_s: float) -> None:
+        if self.max_entries == 0:
+            return
+        expires = self._clock() + ttl_s
         # Marked once here rather than on every hit: `replace` costs microseconds.
         stored = verdict if verdict.cache_hit else replace(verdict, cache_hit=True)
         with self._lock:

@@ -73,7 +73,8 @@ class GuardEngine:
                 mode=mode,
                 request=request,
             )
-            cached = self._cache.get(key)
+            # The shared tier (one round trip) only when this process has no verdict.
+            cached = self._cache.get(key) or await self._cache.get_shared(key)
             if cached is not None:
                 return _stamp(cached, latency_ms=(self._clock() - started) * 1000, cache_hit=True)
         result = await backend.check(request, policy, mode=mode, headers=headers)
@@ -104,6 +105,8 @@ class GuardEngine:
     async def aclose(self) -> None:
         for backend in self._backends.values():
             await backend.aclose()
+        if self._cache is not None and self._cache.shared is not None:
+            await self._cache.shared.aclose()
 
 
 def _answered_by(guard: str, inside: str | None) -> str:

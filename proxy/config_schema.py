@@ -47,7 +47,10 @@ class BreakerConfig(Strict):
 
 class SGLangGuardConfig(Strict):
     type: Literal["sglang"]
-    base_url: str
+    # Exactly one of the two: one server (or a router in front of several), or replicas the
+    # gateway balances itself (guard_engine/backends/balanced.py; docs/guard-models.md).
+    base_url: str | None = None
+    base_urls: list[str] | None = Field(default=None, min_length=1)
     model: str = "nvidia/Nemotron-3.5-Content-Safety"
     format: Literal["nemotron-3.5", "llama-guard-3"] = "nemotron-3.5"
     api_key: str | None = None
@@ -57,6 +60,17 @@ class SGLangGuardConfig(Strict):
     # Conversation characters per guard call; longer texts are judged in overlapping windows
     # (guard_engine/windows.py). 8000 fits the shipped 4096-token launch for English text.
     max_chars: int = Field(default=8000, ge=200)
+
+    @model_validator(mode="after")
+    def _one_address(self) -> SGLangGuardConfig:
+        if (self.base_url is None) == (self.base_urls is None):
+            raise ValueError("set exactly one of base_url and base_urls")
+        return self
+
+    @property
+    def urls(self) -> list[str]:
+        """Every endpoint of this guard (one for `base_url`)."""
+        return [self.base_url] if self.base_url is not None else list(self.base_urls or ())
 
 
 class EmbeddedGuardConfig(Strict):
@@ -226,6 +240,18 @@ class LimitsConfig(Strict):
     routes: dict[str, LimitSpec] = Field(default_factory=dict)
 
 
+class CacheConfig(Strict):
+    # The verdict cache (guard_engine.cache): an LRU in each process; 0 entries: off.
+    entries: int = Field(default=10000, ge=0)
+    ttl_s: float = Field(default=300.0, gt=0)
+    # Set: a Redis tier behind the LRU, shared by every replica (guard_engine.shared_cache).
+    # Empty: in-process only.
+    redis_url: str = ""
+    # Per Redis call; a slower or unreachable Redis is a cache miss, never a failed request.
+    redis_timeout_ms: float = Field(default=50.0, gt=0)
+    key_prefix: str = "guardline:verdicts"
+
+
 def _default_guards() -> dict[str, GuardConfig]:
     return {"local": EmbeddedGuardConfig(type="embedded")}
 
@@ -243,3 +269,4 @@ class GatewayConfig(Strict):
     audit: AuditConfig = AuditConfig()
     moderations: ModerationsConfig = ModerationsConfig()
     limits: LimitsConfig = LimitsConfig()
+    cache: CacheConfig = CacheConfig()

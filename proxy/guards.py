@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 
 from guard_engine.adapters.registry import get_adapter
+from guard_engine.backends.balanced import BalancedBackend
 from guard_engine.backends.base import Backend
 from guard_engine.backends.cascade import CascadeBackend
 from guard_engine.backends.cascade_drift import DriftSettings
@@ -20,7 +21,9 @@ from guard_engine.backends.windowed import WindowedBackend
 from guard_engine.breaker import CircuitBreaker
 from guard_engine.cache import VerdictCache
 from guard_engine.engine import GuardEngine
+from guard_engine.shared_cache import RedisVerdictTier
 from proxy.config_schema import (
+    CacheConfig,
     CascadeGuardConfig,
     EmbeddedGuardConfig,
     GatewayConfig,
@@ -34,11 +37,11 @@ from proxy.upstreams.openai_upstream import env_proxy
 FALLBACK_GUARD = "__embedded_fallback__"
 
 
-def _guard_transport(config: SGLangGuardConfig) -> httpx.AsyncBaseTransport | None:
+def _guard_transport(config: SGLangGuardConfig, url: str) -> httpx.AsyncBaseTransport | None:
     """The gateway's lean HTTP/1.1 transport for guard calls (httpx's default one costs 1-2 ms
     of CPU per call here, see docs/benchmarks.md), unless an environment proxy applies: then
     httpx's own, which implements proxies."""
-    if env_proxy(httpx.URL(config.base_url)) is not None:
+    if env_proxy(httpx.URL(url)) is not None:
         return None
     # One spare connection so that health probes are not starved by busy check slots.
     return H1Transport(max_connections=config.max_concurrency + 1)
@@ -75,16 +78,28 @@ def build_backend(name: str, config: GuardConfig) -> Backend:
         return EmbeddedBackend(
             name=name, threads=config.threads, max_queue_wait_ms=config.max_queue_wait_ms
         )
-    model_guard = SGLangBackend(
-        name=name,
-        base_url=config.base_url,
-        model=config.model,
-        adapter=get_adapter(config.format),
-        timeout_ms=config.timeout_ms,
-        max_concurrency=config.max_concurrency,
-        api_key=config.api_key or None,
-        breaker=CircuitBreaker(config.breaker.failures, config.breaker.reset_s),
-        transport=_guard_transport(config),
+    urls = config.urls
+    replicas = [
+        SGLangBackend(
+            name=name,
+            base_url=url,
+            model=config.model,
+            adapter=get_adapter(config.format),
+            timeout_ms=config.timeout_ms,
+            max_concurrency=config.max_concurrency,
+            api_key=config.api_key or None,
+            # Per endpoint: one dead replica must not stop the others being called.
+            breaker=CircuitBreaker(config.breaker.failures, config.breaker.reset_s),
+            transport=_guard_transport(config, url),
+            # With replicas, a failed call is retried on another one at once.
+            retry_here=len(urls) == 1,
+        )
+        for url in urls
+    ]
+    model_guard: Backend = (
+        replicas[0]
+        if len(replicas) == 1
+        else BalancedBackend(replicas, timeout_ms=config.timeout_ms)
     )
     # A model guard has a fixed context: longer texts are judged in windows, never a 503.
     return WindowedBackend(model_guard, max_chars=config.max_chars)
@@ -107,9 +122,26 @@ def build_backends(config: GatewayConfig) -> dict[str, Backend]:
     return backends
 
 
-def build_engine(config: GatewayConfig, *, cache_entries: int = 10000) -> GuardEngine:
+def build_cache(config: CacheConfig) -> VerdictCache | None:
+    """config.yaml's `cache`: the LRU, with the Redis tier behind it when `redis_url` is set;
+    None when both are off."""
+    shared = None
+    if config.redis_url:
+        shared = RedisVerdictTier(
+            config.redis_url,
+            prefix=config.key_prefix,
+            ttl_s=config.ttl_s,
+            timeout_s=config.redis_timeout_ms / 1000,
+        )
+    if not config.entries and shared is None:
+        return None
+    return VerdictCache(max_entries=config.entries, ttl_s=config.ttl_s, shared=shared)
+
+
+def build_engine(config: GatewayConfig, *, cached: bool = True) -> GuardEngine:
+    """`cached=False`: no verdict cache at all (one-off checks from the command line)."""
     return GuardEngine(
         build_backends(config),
         default_guard=config.default_guard,
-        cache=VerdictCache(max_entries=cache_entries) if cache_entries else None,
+        cache=build_cache(config.cache) if cached else None,
     )

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 INSTALL_HINT = (
-    "redis-server is not installed: the limits tests need a real Redis "
+    "redis-server is not installed: the limits and cache tests need a real Redis "
     "(Debian/Ubuntu: apt-get install -y redis-server; see README, 'Tests')"
 )
 

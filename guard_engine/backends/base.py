@@ -24,6 +24,8 @@ class BackendResult:
 class BackendHealth:
     ok: bool
     detail: str  # e.g. "closed", "open (3 failures, retry in 4.2 s)", "model loaded"
+    # A guard served by several replicas: (endpoint URL, its own health) for each.
+    endpoints: tuple[tuple[str, BackendHealth], ...] = ()
 
 
 class Backend(Protocol):

@@ -43,6 +43,18 @@ class _RequestRejected(GuardUnavailable):
     guard itself is up, so the circuit breaker does not count it."""
 
 
+class GuardUnreachable(GuardUnavailable):
+    """The request never reached the guard: the connection failed, or the circuit is open."""
+
+
+def server_failed(exc: GuardError) -> bool:
+    """The server could not answer this check (unreachable, circuit open, connection lost,
+    5xx, 429) rather than refusing the request itself (another 4xx), answering in a form the
+    adapter cannot read, or running out of time. Another replica of the guard may answer it:
+    a check has no side effects, so asking twice is harmless."""
+    return isinstance(exc, GuardUnavailable) and not isinstance(exc, _RequestRejected)
+
+
 def normalize_base_url(base_url: str) -> str:
     """The server root: accepts "http://h:30000", "http://h:30000/" and "http://h:30000/v1"."""
     root = base_url.strip().rstrip("/")
@@ -57,7 +69,7 @@ def translate_httpx_error(exc: httpx.HTTPError, *, guard: str) -> tuple[GuardErr
         # httpx's own timeouts are set to the time left before the deadline.
         return GuardTimeout(f"guard call timed out ({type(exc).__name__})", guard=guard), False
     if isinstance(exc, httpx.ConnectError):
-        return GuardUnavailable(f"cannot connect to guard: {exc}", guard=guard), True
+        return GuardUnreachable(f"cannot connect to guard: {exc}", guard=guard), True
     return GuardUnavailable(
         f"guard transport error: {type(exc).__name__}: {exc}", guard=guard
     ), False
@@ -124,7 +136,10 @@ class SGLangBackend:
         api_key: str | None = None,
         breaker: CircuitBreaker | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        retry_here: bool = True,
     ) -> None:
+        """`retry_here=False`: a failed connection, 429 or 503 is raised at once instead of
+        retried on this server, for a caller that has other replicas to try."""
         if timeout_ms <= 0 or max_concurrency <= 0:
             raise ValueError("timeout_ms and max_concurrency must be positive")
         self.name = name
@@ -134,6 +149,7 @@ class SGLangBackend:
         self.root_url = normalize_base_url(base_url)
         self.timeout_ms = timeout_ms
         self._timeout_s = timeout_ms / 1000
+        self._retry_here = retry_here
         self._chat_url = self.root_url + "/v1/chat/completions"
         self._slots = asyncio.Semaphore(max_concurrency)
         headers = {"content-type": "application/json", "accept": "application/json"}
@@ -157,13 +173,19 @@ class SGLangBackend:
         *,
         mode: Mode,
         headers: dict[str, str] | None = None,
+        deadline: float | None = None,
     ) -> BackendResult:
+        """`deadline` (event-loop time) ends the call earlier than `timeout_ms` would: a
+        caller that retries elsewhere gives each attempt what is left of its own deadline, so
+        that a timeout is still this server's timeout (counted by its breaker)."""
         breaker = self.breaker
         if breaker is not None and not breaker.allow():
-            raise GuardUnavailable(f"circuit open: {breaker.describe()}", guard=self.name)
+            raise GuardUnreachable(
+                f"circuit open for {self.root_url}: {breaker.describe()}", guard=self.name
+            )
         try:
             body = self.adapter.build_body(request, policy, model=self.model, mode=mode)
-            content = await self._call(orjson.dumps(body), headers)
+            content = await self._call(orjson.dumps(body), headers, deadline)
         except (_RequestRejected, GuardUnparseable):
             if breaker is not None:
                 breaker.record_success()  # the guard answered: it is up
@@ -184,10 +206,13 @@ class SGLangBackend:
             raise GuardUnparseable(str(exc), guard=self.name, raw=content) from exc
         return BackendResult(verdict=verdict, raw=content)
 
-    async def _call(self, body: bytes, headers: dict[str, str] | None) -> str:
+    async def _call(
+        self, body: bytes, headers: dict[str, str] | None, deadline: float | None
+    ) -> str:
         """POST under the deadline: slot wait + attempts + backoff + reading."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout_s
+        own = loop.time() + self._timeout_s
+        deadline = own if deadline is None else min(deadline, own)
         try:
             async with asyncio.timeout_at(deadline), self._slots:
                 return await self._attempts(body, headers, deadline)
@@ -209,14 +234,14 @@ class SGLangBackend:
                 )
             except httpx.HTTPError as exc:
                 error, retryable = translate_httpx_error(exc, guard=self.name)
-                if not retryable:
+                if not retryable or not self._retry_here:
                     raise error from exc
                 delay = backoff_s(attempt)
             else:
                 if response.status_code == 200:
                     return message_content(response.content, guard=self.name)
                 error = self._status_error(response)
-                if response.status_code not in _RETRY_STATUSES:
+                if response.status_code not in _RETRY_STATUSES or not self._retry_here:
                     raise error
                 delay = retry_after_s(response.headers.get("retry-after"))
                 if delay is None:

@@ -70,7 +70,7 @@ def _engine(config_path: str | None) -> GuardEngine:
     from proxy.config import load_config
     from proxy.guards import build_engine
 
-    return build_engine(load_config(path), cache_entries=0)
+    return build_engine(load_config(path), cached=False)
 
 
 def _image(path: str, index: int) -> GuardImage:

@@ -29,7 +29,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def launch_command(guard: SGLangGuardConfig, *, host: str) -> list[str]:
-    port = urlsplit(guard.base_url).port or 30000
+    port = urlsplit(guard.urls[0]).port or 30000
     return [
         sys.executable, "-m", "sglang.launch_server",
         "--model-path", guard.model,

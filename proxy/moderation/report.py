@@ -233,7 +233,12 @@ class ModerationReport:
         if self.metrics is None:
             return
         for name, backend in self.engine.guards.items():
-            breaker = getattr(backend, "breaker", None)
-            state = getattr(breaker, "state", None)
-            if isinstance(state, str) and state in _BREAKER_STATES:
-                self.metrics.set_breaker_state(name, _BREAKER_STATES[state])
+            breakers = [(name, getattr(backend, "breaker", None))]
+            # A guard with replicas (base_urls): one breaker per endpoint, as `name@url`.
+            replicas = getattr(getattr(backend, "inner", backend), "endpoints", None)
+            if isinstance(replicas, list):
+                breakers = [(f"{name}@{r.root_url}", r.breaker) for r in replicas]
+            for label, breaker in breakers:
+                state = getattr(breaker, "state", None)
+                if isinstance(state, str) and state in _BREAKER_STATES:
+                    self.metrics.set_breaker_state(label, _BREAKER_STATES[state])

@@ -102,6 +102,10 @@ async def install_moderation(
             detail[name] = {"ok": health.ok, "detail": health.detail}
             if isinstance(backend, CascadeBackend):
                 detail[name]["cascade"] = backend.describe()
+            if health.endpoints:  # a guard with replicas: each one's own health
+                detail[name]["endpoints"] = {
+                    url: {"ok": h.ok, "detail": h.detail} for url, h in health.endpoints
+                }
             ok = ok and health.ok
         return ok, {"guards": detail}
 

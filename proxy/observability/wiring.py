@@ -76,6 +76,7 @@ async def install_observed_moderation(
     before_scrape: list[Callable[[], None]] | None = None,
 ) -> ModerationPipeline:
     """The moderation pipeline with every observer of `obs` attached; closers registered."""
+    from guard_engine.shared_cache import RedisVerdictTier
     from proxy.guards import build_engine
     from proxy.moderation.wiring import install_moderation
 
@@ -102,6 +103,11 @@ async def install_observed_moderation(
         before_scrape.append(report.sample_breakers)
     if obs.metrics is not None:
         obs.metrics.registry.register(CascadeCollector(engine))
+    shared = engine.cache.shared if engine.cache is not None else None
+    if isinstance(shared, RedisVerdictTier) and obs.metrics is not None:
+        from proxy.observability.shared_cache_metrics import register
+
+        register(shared, obs.metrics.registry)
     if think is not None:
         # The state drains its background tasks (re-checks included) before any closer runs;
         # this stops the scheduler for good, before the engine closes and the audit drains.
