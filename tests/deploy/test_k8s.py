@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -142,9 +143,11 @@ def test_the_mounted_config_loads_and_finds_its_policies_in_the_policies_mount(
     service = find("Service", "guardline-sglang")
     port = service["spec"]["ports"][0]["port"]
     assert guard.base_url == f"http://{service['metadata']['name']}:{port}"
-    # The audit database is in the one writable data volume.
-    data = {m["name"]: m["mountPath"] for m in gateway_container()["volumeMounts"]}["data"]
-    assert Path(config.audit.path).parent == Path(data)
+    # State shared by the replicas lives in the Services the manifests expect beside them:
+    # the audit trail in PostgreSQL, limits and verdicts in Redis.
+    assert urlsplit(config.audit.url).hostname == "postgres"
+    assert urlsplit(config.limits.redis_url).hostname == "redis"
+    assert urlsplit(config.cache.redis_url).hostname == "redis"
     # The port the probes and the Service use is the one the gateway listens on.
     assert gateway_container()["ports"][0]["containerPort"] == config.server.port
 
