@@ -1,4 +1,6 @@
-"""Training math for the embedded guard's head (numpy only), used by train_embedded_head.py.
+"""Training math for the embedded guard's heads (numpy only): used by
+scripts/train_embedded_head.py for the shipped head and by `guardline distill` for a
+policy's own head, so both are trained by the same code.
 
 A one-hidden-layer MLP trained by full-batch Adam on class-weighted log loss with L2 and early
 stopping, and the folding of input standardization and a projection into its first layer, so
@@ -7,13 +9,8 @@ the saved head takes raw e5 embeddings at run time.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import numpy.typing as npt
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from guard_engine.backends.embedded_head import Head
 
