@@ -1,0 +1,79 @@
+"""The cascade's two thresholds for a target agreement, and what they do on other data.
+
+A cascade answers locally when the head's score is at or below `low` (safe) or at or above
+`high` (unsafe) and asks the model guard otherwise. `choose_thresholds` picks, on decisions
+the head was not trained on, the widest band of locally answered scores whose answers agree
+with the model guard at least `target` of the time on each side: `low` is the largest score
+such that the decisions scored at or below it are at least `target` safe, `high` the
+smallest such that those at or above it are at least `target` unsafe. Each side meeting the
+target means the local answers together meet it too.
+
+Those numbers are then measured (`local_answers`) on decisions the thresholds were not chosen
+on: a threshold chosen and measured on the same data flatters itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from guard_engine.backends.distilled_head import Thresholds
+
+F32 = npt.NDArray[np.float32]
+
+
+def choose_thresholds(scores: F32, labels: F32, target: float) -> Thresholds:
+    """`labels` are the model guard's (1 unsafe). With no data, nothing is answered locally."""
+    if scores.size == 0:
+        return Thresholds(low=0.0, high=1.0)
+    order = np.argsort(scores, kind="stable")
+    s = scores[order].astype(np.float64)
+    y = labels[order].astype(np.float64)
+    n = s.size
+    # A cut may only fall between distinct scores: equal scores are answered alike.
+    last_of_value = np.append(s[1:] != s[:-1], True)
+    first_of_value = np.insert(s[1:] != s[:-1], 0, True)
+    safe_share = np.cumsum(1.0 - y) / np.arange(1, n + 1)  # of the k lowest
+    low_ok = np.flatnonzero((safe_share >= target) & last_of_value)
+    unsafe_share = np.cumsum(y[::-1])[::-1] / np.arange(n, 0, -1)  # of those from k on
+    high_ok = np.flatnonzero((unsafe_share >= target) & first_of_value)
+    # No side meeting the target: 0.0 / 1.0, the ends of the scale (a float32 sigmoid reaches
+    # exactly 1.0 only for logits above ~17, so `high` = 1.0 still answers those locally).
+    low = float(s[low_ok[-1]]) if low_ok.size else 0.0
+    high = float(s[high_ok[0]]) if high_ok.size else 1.0
+    if high <= low:
+        # The two bands overlap only when the data cannot separate the labels at this target;
+        # answering nothing locally is the honest result.
+        return Thresholds(low=0.0, high=1.0)
+    return Thresholds(low=low, high=high)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAnswers:
+    checks: int  # decisions measured
+    local: int  # answered locally at the thresholds
+    agreeing: int  # local answers equal to the model guard's
+
+    @property
+    def share(self) -> float:
+        return self.local / self.checks if self.checks else 0.0
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agreeing / self.local if self.local else None
+
+    def __add__(self, other: LocalAnswers) -> LocalAnswers:
+        return LocalAnswers(
+            self.checks + other.checks, self.local + other.local, self.agreeing + other.agreeing
+        )
+
+
+def local_answers(scores: F32, labels: F32, thresholds: Thresholds) -> LocalAnswers:
+    """How many checks the head answers locally at `thresholds`, and how many of those agree
+    with the model guard."""
+    safe = scores <= thresholds.low
+    unsafe = (scores >= thresholds.high) & ~safe
+    agreeing = int(np.sum(safe & (labels == 0)) + np.sum(unsafe & (labels == 1)))
+    return LocalAnswers(int(scores.size), int(np.sum(safe | unsafe)), agreeing)
