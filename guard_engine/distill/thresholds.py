@@ -6,7 +6,8 @@ the head was not trained on, the widest band of locally answered scores whose an
 with the model guard at least `target` of the time on each side: `low` is the largest score
 such that the decisions scored at or below it are at least `target` safe, `high` the
 smallest such that those at or above it are at least `target` unsafe. Each side meeting the
-target means the local answers together meet it too.
+target means the local answers together meet it too. When the two bands overlap (a loose
+target), every check is answered locally, split at the best single cut.
 
 Those numbers are then measured (`local_answers`) on decisions the thresholds were not chosen
 on: a threshold chosen and measured on the same data flatters itself.
@@ -44,9 +45,13 @@ def choose_thresholds(scores: F32, labels: F32, target: float) -> Thresholds:
     low = float(s[low_ok[-1]]) if low_ok.size else 0.0
     high = float(s[high_ok[0]]) if high_ok.size else 1.0
     if high <= low:
-        # The two bands overlap only when the data cannot separate the labels at this target;
-        # answering nothing locally is the honest result.
-        return Thresholds(low=0.0, high=1.0)
+        # The bands overlap: every check can be answered locally at this target. One cut
+        # between them then decides, the one with the fewest disagreements.
+        inside = np.flatnonzero((s >= high) & (s <= low) & last_of_value)
+        unsafe_below = np.cumsum(y)  # unsafe at or below each cut
+        safe_above = np.sum(1.0 - y) - np.cumsum(1.0 - y)
+        best = inside[int(np.argmin(unsafe_below[inside] + safe_above[inside]))]
+        return Thresholds(low=float(s[best]), high=float(s[best]))
     return Thresholds(low=low, high=high)
 
 
