@@ -11,6 +11,8 @@ from proxy.audit.record import iso_time
 from proxy.distill.pipeline import STAGES, DistillResult
 from proxy.distill.trail import TrailSelection
 
+KEY_WIDTH = 34  # the table's first column: stage, label or category name
+
 
 def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
@@ -43,13 +45,13 @@ def print_report(
     w("training rows: " + ", ".join(f"{k} {v}" for k, v in result.rows.items()) + "\n\n")
     w("agreement with the guard model on the held-out decisions (newest; never trained on,\n")
     w("thresholds chosen on the calibration decisions before them)\n")
-    w(f"{'':22}{'n':>6}  {'head alone':>10}  {'local share':>11}  {'local agree':>11}  ")
+    w(f"{'':{KEY_WIDTH}}{'n':>6}  {'head alone':>10}  {'local share':>11}  {'local agree':>11}  ")
     w("thresholds low / high\n")
     measured = result.measured
     for key in (*STAGES, "overall"):
         agree, n = measured.head_alone[key]
         local = measured.local[key]
-        row = f"{key:22}{n:>6}  {pct(ratio((agree, n))):>10}  {pct(local.share):>11}  "
+        row = f"{key:{KEY_WIDTH}}{n:>6}  {pct(ratio((agree, n))):>10}  {pct(local.share):>11}  "
         row += f"{pct(local.agreement):>11}"
         if key in result.thresholds:
             t = result.thresholds[key]
@@ -57,9 +59,10 @@ def print_report(
         w(row + "\n")
     for key in ("guard safe", "guard unsafe"):
         agree, n = measured.head_alone[key]
-        w(f"{key:22}{n:>6}  {pct(ratio((agree, n))):>10}\n")
+        w(f"{key:{KEY_WIDTH}}{n:>6}  {pct(ratio((agree, n))):>10}\n")
     for name, (agree, n) in measured.categories.items():
-        w(f"{('category ' + name)[:22]:22}{n:>6}  {pct(ratio((agree, n))):>10}\n")
+        label = f"category {name}"[:KEY_WIDTH]
+        w(f"{label:{KEY_WIDTH}}{n:>6}  {pct(ratio((agree, n))):>10}\n")
     if not measured.categories:
         w("categories: the guard named none on held-out unsafe decisions\n")
     for note in result.notes:
