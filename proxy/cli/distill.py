@@ -115,14 +115,13 @@ def _run(args: argparse.Namespace) -> int:
             f"{args.config} configures no model guard (type: sglang): nothing to learn from"
         )
 
-    from proxy.distill.trail import read_trail, select_decisions
+    from proxy.distill.trail import TrailUnavailable, read_trail, select_decisions
 
-    audit_path = Path(config.audit.path)
-    if not audit_path.exists():
-        raise Refused(f"no audit database at {audit_path} (audit.path in {args.config})")
-    selection = select_decisions(
-        read_trail(audit_path, policy=args.policy, tenant=args.tenant), model_guards
-    )
+    try:
+        trail = read_trail(config.audit, policy=args.policy, tenant=args.tenant)
+    except TrailUnavailable as exc:
+        raise Refused(f"{exc}, in {args.config}") from None
+    selection = select_decisions(trail, model_guards)
     if args.disagreements is not None:
         _write_jsonl(args.disagreements, selection.disagreements)
     if not selection.decisions and selection.without_content:

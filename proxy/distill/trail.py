@@ -20,6 +20,7 @@ from pathlib import Path
 
 from proxy.audit.record import AuditRecord
 from proxy.audit.store import AuditStore
+from proxy.config_schema import AuditConfig
 
 # How a cascade guard names the decisions its local head made (`<cascade-name>/local`).
 CASCADE_LOCAL = "local"
@@ -53,11 +54,22 @@ class TrailSelection:
         return self.skipped["no content stored"]
 
 
-def read_trail(audit_path: str | Path, *, policy: str, tenant: str | None) -> Iterator[AuditRecord]:
+class TrailUnavailable(Exception):
+    """The configured audit store cannot be read (the message says which and why)."""
+
+
+def read_trail(audit: AuditConfig, *, policy: str, tenant: str | None) -> Iterator[AuditRecord]:
     """Every audit record of `policy` (a name: every version; name@hash8: that one), oldest
-    first, from the store the config names. The one place distill reads a store: another
-    backend (PostgreSQL) answers the same question here."""
-    with AuditStore(audit_path, readonly=True) as store:
+    first, from the store the config's `audit` section names. The one place distill reads a
+    store: another backend (PostgreSQL) answers the same question here."""
+    path = Path(audit.path)
+    if not path.exists():
+        raise TrailUnavailable(f"no audit database at {path} (the config's audit.path)")
+    return _sqlite_records(path, policy, tenant)
+
+
+def _sqlite_records(path: Path, policy: str, tenant: str | None) -> Iterator[AuditRecord]:
+    with AuditStore(path, readonly=True) as store:
         yield from store.iter_query(policy=policy, tenant=tenant)
 
 
