@@ -124,10 +124,10 @@ def _run(args: argparse.Namespace) -> int:
     selection = select_decisions(trail, model_guards)
     if args.disagreements is not None:
         _write_jsonl(args.disagreements, selection.disagreements)
-    if not selection.decisions and selection.without_content:
+    if not selection.decisions and (selection.without_content or not policy.audit.content):
         raise Refused(
             f"the audit records of policy {name!r} keep no content ({selection.without_content} "
-            "model-guard decisions, only their hashes): distill needs the checked texts. Set "
+            "model-guard decisions with only their hashes): distill needs the checked texts. Set "
             f"`audit: {{content: true}}` in {policy.source}, let traffic flow, then run "
             "distill again"
         )
@@ -139,8 +139,9 @@ def _run(args: argparse.Namespace) -> int:
     if len(selection.decisions) < args.min_decisions:
         raise Refused(
             f"too little data: {len(selection.decisions)} usable model-guard decisions of policy "
-            f"{args.policy!r}{_tenant(args.tenant)} (of {selection.read} records read), "
-            f"--min-decisions is {args.min_decisions}"
+            f"{args.policy!r}{_tenant(args.tenant)} (of {selection.read} records read"
+            + "".join(f"; {n} {reason}" for reason, n in selection.skipped.most_common(3))
+            + f"), --min-decisions is {args.min_decisions}"
         )
 
     from guard_engine.distill.base_data import load_base

@@ -3,11 +3,17 @@ and with which label, the request/time split, and the choice of cascade threshol
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
+import yaml
 
 from guard_engine.distill.base_data import dequantize, quantize
 from guard_engine.distill.thresholds import choose_thresholds, local_answers
+from proxy.audit.store import AuditStore
+from proxy.cli import main
 from proxy.distill.split import split_by_time
 from proxy.distill.trail import made_by_model_guard, select_decisions
 from tests.audit.test_store import NOW, record
@@ -107,3 +113,40 @@ def test_int8_embeddings_keep_their_direction(seed: int) -> None:
     back = dequantize(*quantize(x))
     cos = (x * back).sum(axis=1) / np.linalg.norm(back, axis=1)
     assert cos.min() > 0.999
+
+
+def test_disagreements_are_written_for_review_even_when_distill_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "p.yaml").write_text(
+        yaml.safe_dump({"name": "p", "description": "p", "audit": {"content": True}})
+    )
+    config = {
+        "default_guard": "nemotron",
+        "guards": {"nemotron": {"type": "sglang", "base_url": "http://127.0.0.1:9"}},
+        "upstreams": {"u": {"type": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+        "routes": [{"name": "d", "upstream": "u", "policy": "p.yaml"}],
+        "audit": {"path": "audit.sqlite3"},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    differing = record(
+        policy="p@00000000",
+        content="borderline",
+        verdict="safe",
+        think_verdict="unsafe",
+        disagreement=True,
+    )
+    used = record(policy="p@00000000", request_id="r2", content="hello", verdict="safe")
+    local = record(policy="p@00000000", request_id="r3", content="hi", guard="casc/local")
+    with AuditStore(tmp_path / "audit.sqlite3") as store:
+        store.insert_many([differing, used, local])
+    review = tmp_path / "review.jsonl"
+    argv = ["distill", "--config", str(tmp_path / "config.yaml"), "--policy", "p"]
+    assert main([*argv, "--disagreements", str(review)]) == 2
+    err = capsys.readouterr().err
+    assert "too little data: 1 usable model-guard decisions" in err
+    assert "1 not a model guard's decision" in err
+    rows = [json.loads(line) for line in review.read_text().splitlines()]
+    assert [(r["id"], r["content"], r["think_verdict"]) for r in rows] == [
+        (differing.id, "borderline", "unsafe")
+    ]
