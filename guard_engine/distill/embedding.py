@@ -43,6 +43,7 @@ class Embedder:
             desc="embed",
             unit="text",
             file=sys.stderr,
+            mininterval=1.0,
             disable=not self._progress,
         ) as bar:
             for i in range(0, len(todo), BATCH):

@@ -64,6 +64,7 @@ def fit_heads(
         desc="train",
         unit="epoch",
         file=sys.stderr,
+        mininterval=1.0,
         disable=not settings.progress,
     ) as bar:
         heads = []

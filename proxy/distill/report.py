@@ -11,7 +11,7 @@ from proxy.audit.record import iso_time
 from proxy.distill.pipeline import STAGES, DistillResult
 from proxy.distill.trail import TrailSelection
 
-KEY_WIDTH = 34  # the table's first column: stage, label or category name
+KEY_WIDTH = 44  # the table's first column: stage, label or category name
 
 
 def pct(value: float | None) -> str:
@@ -95,6 +95,9 @@ def write_png(path: Path, result: DistillResult, target: float) -> bool:
             if abs(t - target) < 1e-9:
                 ax.plot([100 * s], [100 * a], "r*", ms=12, label=f"target {pct(t)}")
                 ax.legend(loc="lower left")
+    lowest = min((100 * a for _, _, a in points), default=90.0)
+    ax.set_xlim(0, 101)
+    ax.set_ylim(max(0.0, min(90.0, lowest - 1.0)), 100.5)
     ax.set_xlabel("checks answered locally (held-out, %)")
     ax.set_ylabel("local answers agreeing with the guard model (%)")
     ax.set_title("distilled head: agreement vs local share")
