@@ -144,6 +144,7 @@ def _run(args: argparse.Namespace) -> int:
             + f"), --min-decisions is {args.min_decisions}"
         )
 
+    from guard_engine.backends.embedded_head import DEFAULT_WEIGHTS, load_heads
     from guard_engine.distill.base_data import load_base
     from guard_engine.distill.embedding import Embedder
     from guard_engine.distill.fit import FitSettings
@@ -162,6 +163,7 @@ def _run(args: argparse.Namespace) -> int:
         Embedder(threads=args.threads, progress=not args.quiet),
         target=args.target_agreement,
         settings=settings,
+        baseline=load_heads(DEFAULT_WEIGHTS),
     )
     newest = selection.decisions[-1].policy
     print_report(sys.stdout, newest, args.tenant, selection, result)
@@ -268,6 +270,7 @@ def _meta(
             "skipped": dict(selection.skipped),
             "notes": result.notes,
             "curve": [list(point) for point in measured.curve],
+            "shipped_head": _baseline(result),
             "settings": {
                 "trail_weight": args.trail_weight,
                 "epochs": args.epochs,
@@ -276,6 +279,14 @@ def _meta(
             },
         },
     )
+
+
+def _baseline(result: DistillResult) -> dict[str, float | None] | None:
+    """The shipped head on the same held-out decisions, thresholds chosen the same way."""
+    local, alone = result.measured.baseline_local, result.measured.baseline_head_alone
+    if local is None or alone is None:
+        return None
+    return {"head_alone": ratio(alone), "local_share": local.share, "local": local.agreement}
 
 
 def _iso_or_none(epoch: float) -> str | None:

@@ -58,6 +58,10 @@ class Measurements:
     # (target, share answered locally, agreement of the local answers) on the held-out part,
     # thresholds chosen on the calibration part for each target: the report's PNG.
     curve: list[tuple[float, float, float | None]] = field(default_factory=list)
+    # The shipped head under the same rule (thresholds chosen on calibration, measured on the
+    # held-out part): what distilling bought over not distilling.
+    baseline_local: LocalAnswers | None = None
+    baseline_head_alone: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,7 @@ def distill(
     settings: FitSettings,
     calibration: float = 0.2,
     heldout: float = 0.2,
+    baseline: HeadSet | None = None,
 ) -> DistillResult:
     split = split_by_time(decisions, calibration=calibration, heldout=heldout)
     _embed_all(decisions, embedder)
@@ -108,6 +113,8 @@ def distill(
         for stage in STAGES
     }
     measured = _measure(heads, held, thresholds, embedder)
+    if baseline is not None:
+        _measure_baseline(baseline, split, measured, target, embedder)
     for t in CURVE_TARGETS:
         total = LocalAnswers(0, 0, 0)
         for stage in STAGES:
@@ -126,6 +133,30 @@ def distill(
         "base_category_rows": len(base.category_y),
     }
     return DistillResult(heads, split, thresholds, notes, measured, rows)
+
+
+def _measure_baseline(
+    baseline: HeadSet,
+    split: TimeSplit[Decision],
+    measured: Measurements,
+    target: float,
+    embedder: Embedder,
+) -> None:
+    local = LocalAnswers(0, 0, 0)
+    agree = n = 0
+    for stage in STAGES:
+        cal = _score(baseline, [d for d in split.calibration if d.stage == stage], embedder)
+        held = _score(baseline, [d for d in split.heldout if d.stage == stage], embedder)
+        chosen = (
+            choose_thresholds(cal.scores, cal.labels, target)
+            if cal.scores.size >= MIN_CALIBRATION_PER_STAGE
+            else Thresholds(low=0.0, high=1.0)
+        )
+        local = local + local_answers(held.scores, held.labels, chosen)
+        agree += int(np.sum((held.scores >= 0.5) == (held.labels == 1)))
+        n += int(held.scores.size)
+    measured.baseline_local = local
+    measured.baseline_head_alone = (agree, n)
 
 
 def _embed_all(decisions: Sequence[Decision], embedder: Embedder) -> None:

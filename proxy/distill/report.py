@@ -65,6 +65,13 @@ def print_report(
         w(f"{label:{KEY_WIDTH}}{n:>6}  {pct(ratio((agree, n))):>10}\n")
     if not measured.categories:
         w("categories: the guard named none on held-out unsafe decisions\n")
+    base_local, base_alone = measured.baseline_local, measured.baseline_head_alone
+    if base_local is not None and base_alone is not None:
+        w(
+            f"{'shipped head, same rule':{KEY_WIDTH}}{base_alone[1]:>6}  "
+            f"{pct(ratio(base_alone)):>10}  {pct(base_local.share):>11}  "
+            f"{pct(base_local.agreement):>11}\n"
+        )
     for note in result.notes:
         w(f"note: {note}\n")
 

@@ -184,6 +184,8 @@ def test_distill_writes_a_head_trained_on_older_and_measured_on_newer_decisions(
     out = done.stdout
     assert "held-out" in out and "local share" in out and "guard unsafe" in out
     assert "category Violence" in out
+    assert "shipped head, same rule" in out  # what distilling bought, on the same decisions
+    assert set(meta.extra["shipped_head"]) == {"head_alone", "local_share", "local"}
     assert "wrote heads/shop.npz (head " in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
