@@ -20,15 +20,16 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from guard_engine.backends.distilled_head import Thresholds
+from guard_engine.backends.distilled_head import MODEL_GUARD_ONLY, Thresholds
 
 F32 = npt.NDArray[np.float32]
+JUST_BELOW_ONE = float(np.nextafter(1.0, 0.0))
 
 
 def choose_thresholds(scores: F32, labels: F32, target: float) -> Thresholds:
     """`labels` are the model guard's (1 unsafe). With no data, nothing is answered locally."""
     if scores.size == 0:
-        return Thresholds(low=0.0, high=1.0)
+        return MODEL_GUARD_ONLY
     order = np.argsort(scores, kind="stable")
     s = scores[order].astype(np.float64)
     y = labels[order].astype(np.float64)
@@ -40,10 +41,10 @@ def choose_thresholds(scores: F32, labels: F32, target: float) -> Thresholds:
     low_ok = np.flatnonzero((safe_share >= target) & last_of_value)
     unsafe_share = np.cumsum(y[::-1])[::-1] / np.arange(n, 0, -1)  # of those from k on
     high_ok = np.flatnonzero((unsafe_share >= target) & first_of_value)
-    # No side meeting the target: 0.0 / 1.0, the ends of the scale (a float32 sigmoid reaches
-    # exactly 1.0 only for logits above ~17, so `high` = 1.0 still answers those locally).
+    # A side that never meets the target gets the end of the scale, which means "never"
+    # (Thresholds); a real cut at a saturated score of 1.0 becomes the float just below it.
     low = float(s[low_ok[-1]]) if low_ok.size else 0.0
-    high = float(s[high_ok[0]]) if high_ok.size else 1.0
+    high = min(float(s[high_ok[0]]), JUST_BELOW_ONE) if high_ok.size else 1.0
     if high <= low:
         # The bands overlap: every check can be answered locally at this target. One cut
         # between them then decides, the one with the fewest disagreements.
@@ -78,7 +79,8 @@ class LocalAnswers:
 def local_answers(scores: F32, labels: F32, thresholds: Thresholds) -> LocalAnswers:
     """How many checks the head answers locally at `thresholds`, and how many of those agree
     with the model guard."""
-    safe = scores <= thresholds.low
-    unsafe = (scores >= thresholds.high) & ~safe
+    # The same rule as Thresholds.local_label, on arrays.
+    safe = (scores <= thresholds.low) & (thresholds.low > 0.0)
+    unsafe = (scores >= thresholds.high) & (thresholds.high < 1.0) & ~safe
     agreeing = int(np.sum(safe & (labels == 0)) + np.sum(unsafe & (labels == 1)))
     return LocalAnswers(int(scores.size), int(np.sum(safe | unsafe)), agreeing)

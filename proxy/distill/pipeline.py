@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from guard_engine.backends.distilled_head import Thresholds
+from guard_engine.backends.distilled_head import MODEL_GUARD_ONLY, Thresholds
 from guard_engine.backends.embedded import CATEGORY_MIN_P
 from guard_engine.backends.embedded_head import HeadSet, context_text, response_features
 from guard_engine.distill.base_data import BaseData
@@ -99,7 +99,7 @@ def distill(
         )
         n = calibrated[stage].scores.size
         if n < MIN_CALIBRATION_PER_STAGE:
-            thresholds[stage] = Thresholds(low=0.0, high=1.0)
+            thresholds[stage] = MODEL_GUARD_ONLY
             notes.append(
                 f"{stage}: {n} calibration decisions (< {MIN_CALIBRATION_PER_STAGE}): "
                 "thresholds not chosen, this stage is answered by the model guard"
@@ -119,7 +119,7 @@ def distill(
         total = LocalAnswers(0, 0, 0)
         for stage in STAGES:
             if calibrated[stage].scores.size < MIN_CALIBRATION_PER_STAGE:
-                chosen = Thresholds(low=0.0, high=1.0)
+                chosen = MODEL_GUARD_ONLY
             else:
                 chosen = choose_thresholds(calibrated[stage].scores, calibrated[stage].labels, t)
             total = total + local_answers(held[stage].scores, held[stage].labels, chosen)
@@ -150,7 +150,7 @@ def _measure_baseline(
         chosen = (
             choose_thresholds(cal.scores, cal.labels, target)
             if cal.scores.size >= MIN_CALIBRATION_PER_STAGE
-            else Thresholds(low=0.0, high=1.0)
+            else MODEL_GUARD_ONLY
         )
         local = local + local_answers(held.scores, held.labels, chosen)
         agree += int(np.sum((held.scores >= 0.5) == (held.labels == 1)))

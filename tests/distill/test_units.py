@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+from guard_engine.backends.distilled_head import MODEL_GUARD_ONLY
 from guard_engine.distill.base_data import dequantize, quantize
 from guard_engine.distill.thresholds import choose_thresholds, local_answers
 from proxy.audit.store import AuditStore
@@ -150,3 +151,17 @@ def test_disagreements_are_written_for_review_even_when_distill_refuses(
     assert [(r["id"], r["content"], r["think_verdict"]) for r in rows] == [
         (differing.id, "borderline", "unsafe")
     ]
+
+
+def test_the_ends_of_the_scale_mean_never() -> None:
+    saturated = np.asarray([1.0, 1.0, 1e-18], np.float32)  # what a float32 sigmoid can give
+    labels = np.asarray([1, 1, 0], np.float32)
+    assert MODEL_GUARD_ONLY.local_label(1.0) is None
+    assert MODEL_GUARD_ONLY.local_label(1e-18) is None
+    assert local_answers(saturated, labels, MODEL_GUARD_ONLY).local == 0
+    # a real cut at a saturated score stays a cut: it answers those scores locally
+    many = np.asarray([1.0] * 50 + [0.01] * 50, np.float32)
+    many_labels = np.asarray([1] * 50 + [0] * 50, np.float32)
+    chosen = choose_thresholds(many, many_labels, 0.99)
+    assert chosen.high < 1.0 and chosen.local_label(1.0) == "unsafe"
+    assert local_answers(many, many_labels, chosen).local == 100
