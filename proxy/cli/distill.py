@@ -1,7 +1,8 @@
 """`guardline distill`: train an embedded head for one policy from its audit trail, with the
 guard model's own verdicts as labels (docs/distill.md).
 
-guardline distill --policy NAME [--config config.yaml] [--tenant T] [--out heads/NAME.npz]
+guardline distill --policy NAME [--config config.yaml] [--tenant T] [--since T] [--until T]
+                  [--out heads/NAME.npz]
                   [--target-agreement 0.99] [--min-agreement 0.95] [--min-decisions 200]
                   [--report-png FILE.png] [--disagreements FILE.jsonl]
 
@@ -23,6 +24,7 @@ from guard_engine.errors import ConfigFileError
 from guard_engine.policy.compile import load_policy
 from guard_engine.policy.compiled import CompiledPolicy
 from proxy.audit.record import AuditRecord, iso_time
+from proxy.cli.audit import parse_time
 from proxy.config import load_config
 from proxy.config_schema import GatewayConfig, SGLangGuardConfig
 from proxy.distill.pipeline import DistillResult
@@ -45,6 +47,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="the policy whose decisions are the labels (a name: every version)",
     )
     parser.add_argument("--tenant", default=None, help="only this tenant's decisions")
+    parser.add_argument(
+        "--since", type=parse_time, metavar="TIME", help="only decisions from (30d, ISO time)"
+    )
+    parser.add_argument(
+        "--until", type=parse_time, metavar="TIME", help="only decisions before (1d, ISO time)"
+    )
     parser.add_argument(
         "--out", type=Path, default=None, help="head file to write (default: heads/NAME.npz)"
     )
@@ -118,7 +126,13 @@ def _run(args: argparse.Namespace) -> int:
     from proxy.distill.trail import TrailUnavailable, read_trail, select_decisions
 
     try:
-        trail = read_trail(config.audit, policy=args.policy, tenant=args.tenant)
+        trail = read_trail(
+            config.audit,
+            policy=args.policy,
+            tenant=args.tenant,
+            since=args.since,
+            until=args.until,
+        )
     except TrailUnavailable as exc:
         raise Refused(f"{exc}, in {args.config}") from None
     selection = select_decisions(trail, model_guards)

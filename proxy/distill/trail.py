@@ -58,19 +58,29 @@ class TrailUnavailable(Exception):
     """The configured audit store cannot be read (the message says which and why)."""
 
 
-def read_trail(audit: AuditConfig, *, policy: str, tenant: str | None) -> Iterator[AuditRecord]:
-    """Every audit record of `policy` (a name: every version; name@hash8: that one), oldest
-    first, from the store the config's `audit` section names. The one place distill reads a
-    store: another backend (PostgreSQL) answers the same question here."""
+def read_trail(
+    audit: AuditConfig,
+    *,
+    policy: str,
+    tenant: str | None,
+    since: float | None = None,
+    until: float | None = None,
+) -> Iterator[AuditRecord]:
+    """Every audit record of `policy` (a name: every version; name@hash8: that one) made in
+    [since, until) (epoch seconds; None: unbounded), oldest first, from the store the config's
+    `audit` section names. The one place distill reads a store: another backend (PostgreSQL)
+    answers the same question here."""
     path = Path(audit.path)
     if not path.exists():
         raise TrailUnavailable(f"no audit database at {path} (the config's audit.path)")
-    return _sqlite_records(path, policy, tenant)
+    return _sqlite_records(path, policy, tenant, since, until)
 
 
-def _sqlite_records(path: Path, policy: str, tenant: str | None) -> Iterator[AuditRecord]:
+def _sqlite_records(
+    path: Path, policy: str, tenant: str | None, since: float | None, until: float | None
+) -> Iterator[AuditRecord]:
     with AuditStore(path, readonly=True) as store:
-        yield from store.iter_query(policy=policy, tenant=tenant)
+        yield from store.iter_query(since=since, until=until, policy=policy, tenant=tenant)
 
 
 def made_by_model_guard(guard: str, model_guards: frozenset[str]) -> bool:

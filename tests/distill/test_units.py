@@ -151,6 +151,11 @@ def test_disagreements_are_written_for_review_even_when_distill_refuses(
     assert [(r["id"], r["content"], r["think_verdict"]) for r in rows] == [
         (differing.id, "borderline", "unsafe")
     ]
+    # a time window reads only the decisions made in it
+    assert main([*argv, "--until", "2026-01-01"]) == 2
+    assert "0 usable model-guard decisions of policy 'p' (of 0 records read)" in (
+        capsys.readouterr().err
+    )
 
 
 def test_the_ends_of_the_scale_mean_never() -> None:
