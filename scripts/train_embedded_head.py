@@ -30,7 +30,9 @@ Steps:
      fewer than MIN_CATEGORY_EXAMPLES training texts are left out (not judged).
 5. Write the weights, and a JSON with the command, data hashes, split rule and counts, the
    test rows of every file (what `guardline eval --heldout` reads), and the thresholds.
-   `scripts/eval_embedded_head.py` measures the result.
+   `scripts/eval_embedded_head.py` measures the result. When the data or the split changes,
+   rerun `scripts/build_distill_base.py` too: `guardline distill`'s base data is a sample of
+   this script's `train` rows.
 """
 
 from __future__ import annotations
