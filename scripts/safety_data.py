@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from guard_engine.distill.features import hash_unit
 from guard_engine.taxonomy import DEFAULT_CATEGORIES
 
 TAXONOMY = frozenset(DEFAULT_CATEGORIES)
@@ -183,11 +184,6 @@ def split_units(records: list[Record]) -> list[str]:
         else:
             units.append("text-" + normalized(rec.prompt))
     return units
-
-
-def hash_unit(key: str) -> float:
-    """A stable pseudo-random number in [0, 1) (sha256, not Python's salted hash)."""
-    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:12], 16) / float(16**12)
 
 
 def assign_splits(

@@ -23,14 +23,16 @@ Steps:
      (from the parallel translations in MultiJail, MGSM and ChatterBot) are projected out of
      every head's input, so the heads judge content rather than language (MultiJail's rows
      are all unsafe, the everyday sets all safe, every labelled unsafe answer English).
-   - response head: MLP on [context, answer window] (scripts/head_features.py): labelled
+   - response head: MLP on [context, answer window] (guard_engine/distill/features.py): labelled
      answers, their prefixes, and benign everyday texts as answers to benign prompts.
    - category head: one-vs-rest logistic regression on the unsafe texts whose data carries
      categories, mapped to the guard's taxonomy (safety_data.CATEGORY_MAP); categories with
      fewer than MIN_CATEGORY_EXAMPLES training texts are left out (not judged).
 5. Write the weights, and a JSON with the command, data hashes, split rule and counts, the
    test rows of every file (what `guardline eval --heldout` reads), and the thresholds.
-   `scripts/eval_embedded_head.py` measures the result.
+   `scripts/eval_embedded_head.py` measures the result. When the data or the split changes,
+   rerun `scripts/build_distill_base.py` too: `guardline distill`'s base data is a sample of
+   this script's `train` rows.
 """
 
 from __future__ import annotations
@@ -50,14 +52,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from embedding_cache import EmbeddingCache  # noqa: E402
-from head_features import (  # noqa: E402
-    SHAPES,
-    ResponseExample,
-    benign_as_answer,
-    prompt_windows,
-    response_examples,
-)
-from head_training import project_out, train_logistic_multi, train_mlp  # noqa: E402
 from safety_data import (  # noqa: E402
     PERMISSIVE,
     Record,
@@ -77,6 +71,18 @@ from guard_engine.backends.embedded_head import (  # noqa: E402
     response_features,
     save_heads,
 )
+from guard_engine.distill.features import (  # noqa: E402
+    SHAPES,
+    ResponseExample,
+    benign_as_answer,
+    prompt_windows,
+    response_examples,
+)
+from guard_engine.distill.training import (  # noqa: E402
+    project_out,
+    train_logistic_multi,
+    train_mlp,
+)
 
 F32 = npt.NDArray[np.float32]
 HELD_OUT = {"simplesafetytests"}
@@ -87,7 +93,8 @@ PROBES = sorted((ROOT / "benchmarks").glob("*_probe.jsonl"))
 HANDWRITTEN = ROOT / "data" / "handwritten"
 FILE_WEIGHT_CAP = 3000.0  # a file counts as at most this many records in its class
 MIN_CATEGORY_EXAMPLES = 25
-# Benign sets whose rows also serve as answers to other benign prompts (head_features).
+# Benign sets whose rows also serve as answers to other benign prompts
+# (guard_engine/distill/features.py).
 ANSWER_SOURCES = {"chatterbot", "multilingual_benign", "slurp"}
 
 

@@ -32,7 +32,12 @@ META_KEY = "distill.meta"
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    """Score <= low: safe, answered locally. Score >= high: unsafe, answered locally."""
+    """Score <= low: safe, answered locally. Score >= high: unsafe, answered locally.
+
+    The ends of the scale mean "never": `low` = 0.0 answers nothing locally as safe (a head's
+    score is never 0), and `high` = 1.0 nothing as unsafe - a float32 sigmoid rounds to
+    exactly 1.0 for logits above ~17, so 1.0 cannot also mean "at or above 1.0".
+    `MODEL_GUARD_ONLY` (0, 1) sends every check to the model guard."""
 
     low: float
     high: float
@@ -43,11 +48,14 @@ class Thresholds:
 
     def local_label(self, score: float) -> str | None:
         """ "safe" / "unsafe" when the score is confident enough to answer locally, else None."""
-        if score <= self.low:
+        if score <= self.low and self.low > 0.0:
             return "safe"
-        if score >= self.high:
+        if score >= self.high and self.high < 1.0:
             return "unsafe"
         return None
+
+
+MODEL_GUARD_ONLY = Thresholds(low=0.0, high=1.0)
 
 
 @dataclass(frozen=True, slots=True)

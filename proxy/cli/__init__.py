@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("proxy.cli.eval", "measure a guard on labelled JSONL data"),
     "guard-server": ("proxy.cli.guard_server", "print or run the SGLang launch command"),
     "audit": ("proxy.cli.audit", "list, show and export audit records"),
+    "distill": ("proxy.cli.distill", "train a policy's own embedded head from its audit trail"),
 }
 
 

@@ -16,10 +16,10 @@ of embedding the data; the runtime guard reads every window of any length.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from safety_data import Record, hash_unit
+from typing import Protocol
 
 from guard_engine.backends.embedded_head import context_text, text_windows
 
@@ -87,6 +87,24 @@ SHAPES: tuple[str, ...] = (
 )
 
 
+class LabelledText(Protocol):
+    """A labelled prompt or (prompt, response) pair: a dataset row or an audit decision."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def prompt(self) -> str: ...
+    @property
+    def response(self) -> str | None: ...
+    @property
+    def label(self) -> int: ...  # 1 unsafe
+
+
+def hash_unit(key: str) -> float:
+    """A stable pseudo-random number in [0, 1) (sha256, not Python's salted hash)."""
+    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:12], 16) / float(16**12)
+
+
 @dataclass(frozen=True, slots=True)
 class ResponseExample:
     context: str
@@ -107,11 +125,11 @@ def cut_chars(text: str, n: int) -> str:
     return text[: cut if cut > 0 else n]
 
 
-def prompt_windows(rec: Record, count: Callable[[str], int]) -> list[str]:
+def prompt_windows(rec: LabelledText, count: Callable[[str], int]) -> list[str]:
     return text_windows(rec.prompt[:PROMPT_TRAIN_CHARS], count)
 
 
-def response_examples(rec: Record, count: Callable[[str], int]) -> list[ResponseExample]:
+def response_examples(rec: LabelledText, count: Callable[[str], int]) -> list[ResponseExample]:
     """The whole (cut) answer and its prefixes, each with the record's context."""
     assert rec.response is not None
     ctx = context_text(rec.prompt)
@@ -128,7 +146,7 @@ def response_examples(rec: Record, count: Callable[[str], int]) -> list[Response
     return out
 
 
-def benign_as_answer(rec: Record, prev: Record) -> ResponseExample:
+def benign_as_answer(rec: LabelledText, prev: LabelledText) -> ResponseExample:
     """A benign everyday text as the answer to another benign prompt: teaches the response
     head that short, multilingual, ordinary text is a safe answer (the labelled answers are
     all English and mostly long)."""

@@ -1,4 +1,6 @@
-"""Training math for the embedded guard's head (numpy only), used by train_embedded_head.py.
+"""Training math for the embedded guard's heads (numpy only): used by
+scripts/train_embedded_head.py for the shipped head and by `guardline distill` for a
+policy's own head, so both are trained by the same code.
 
 A one-hidden-layer MLP trained by full-batch Adam on class-weighted log loss with L2 and early
 stopping, and the folding of input standardization and a projection into its first layer, so
@@ -7,13 +9,10 @@ the saved head takes raw e5 embeddings at run time.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from guard_engine.backends.embedded_head import Head
 
@@ -41,10 +40,12 @@ def train_mlp(
     lr: float,
     seed: int,
     val: tuple[F32, F32, F32] | None = None,
+    on_epoch: Callable[[], None] | None = None,
 ) -> tuple[Head, int, list[float]]:
     """Full-batch Adam on weighted log loss + L2. Features are standardized during training
     and the scaling is folded into the first layer, so the saved head takes raw embeddings.
-    With `val`, returns the head of the epoch with the lowest validation loss."""
+    With `val`, returns the head of the epoch with the lowest validation loss. `on_epoch` is
+    called after every epoch (a progress bar)."""
     rng = np.random.default_rng(seed)
     mu = x.mean(axis=0)
     sd = x.std(axis=0) + 1e-6
@@ -80,6 +81,8 @@ def train_mlp(
             mhat = m[k] / (1 - 0.9**step)
             vhat = v2[k] / (1 - 0.999**step)
             params[k] = (params[k] - lr * mhat / (np.sqrt(vhat) + 1e-8)).astype(np.float32)
+        if on_epoch is not None:
+            on_epoch()
         if val is not None and step % 10 == 0:
             vx, vy, vw = val
             vz = _forward(params, (vx - mu) / sd)

@@ -1,0 +1,1 @@
+"""`guardline distill`: a policy's audit trail turned into training data for its own head."""
