@@ -123,6 +123,7 @@ def _run(args: argparse.Namespace) -> int:
             f"{args.config} configures no model guard (type: sglang): nothing to learn from"
         )
 
+    from proxy.audit.storage import AuditStoreUnavailable
     from proxy.distill.trail import TrailUnavailable, read_trail, select_decisions
 
     try:
@@ -133,9 +134,11 @@ def _run(args: argparse.Namespace) -> int:
             since=args.since,
             until=args.until,
         )
-    except TrailUnavailable as exc:
+        # A PostgreSQL store is read as the records are consumed: an outage mid-read refuses
+        # the same way as one at the start.
+        selection = select_decisions(trail, model_guards)
+    except (TrailUnavailable, AuditStoreUnavailable) as exc:
         raise Refused(f"{exc}, in {args.config}") from None
-    selection = select_decisions(trail, model_guards)
     if args.disagreements is not None:
         _write_jsonl(args.disagreements, selection.disagreements)
     if not selection.decisions and (selection.without_content or not policy.audit.content):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from proxy.audit.record import AuditRecord
-from proxy.audit.store import AuditStore
+from proxy.audit.storage import AuditStorage, AuditStoreUnavailable, open_audit_store
 from proxy.config_schema import AuditConfig
 
 # How a cascade guard names the decisions its local head made (`<cascade-name>/local`).
@@ -68,18 +68,30 @@ def read_trail(
 ) -> Iterator[AuditRecord]:
     """Every audit record of `policy` (a name: every version; name@hash8: that one) made in
     [since, until) (epoch seconds; None: unbounded), oldest first, from the store the config's
-    `audit` section names. The one place distill reads a store: another backend (PostgreSQL)
-    answers the same question here."""
+    `audit` section names: the PostgreSQL store at `audit.url` when set, else the SQLite file
+    at `audit.path`. The one place distill reads a store."""
+    if audit.url:
+        return _store_records(audit.url, policy, tenant, since, until)
     path = Path(audit.path)
     if not path.exists():
         raise TrailUnavailable(f"no audit database at {path} (the config's audit.path)")
-    return _sqlite_records(path, policy, tenant, since, until)
+    return _store_records(str(path), policy, tenant, since, until)
 
 
-def _sqlite_records(
-    path: Path, policy: str, tenant: str | None, since: float | None, until: float | None
+def _store_records(
+    target: str, policy: str, tenant: str | None, since: float | None, until: float | None
 ) -> Iterator[AuditRecord]:
-    with AuditStore(path, readonly=True) as store:
+    try:
+        store = open_audit_store(target)
+    except AuditStoreUnavailable as exc:
+        raise TrailUnavailable(str(exc)) from exc
+    return _records(store, policy, tenant, since, until)
+
+
+def _records(
+    store: AuditStorage, policy: str, tenant: str | None, since: float | None, until: float | None
+) -> Iterator[AuditRecord]:
+    with store:
         yield from store.iter_query(since=since, until=until, policy=policy, tenant=tenant)
 
 
