@@ -154,11 +154,18 @@ def distill(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.fixture(scope="module")
+def shop_distilled(trail: Path) -> subprocess.CompletedProcess[str]:
+    """`guardline distill --policy shop` run once on the trail (writes heads/shop.npz)."""
+    png = trail.parent / "report.png"
+    return distill(trail, "--policy", "shop", "--min-decisions", "150", "--report-png", str(png))
+
+
 def test_distill_writes_a_head_trained_on_older_and_measured_on_newer_decisions(
-    trail: Path,
+    trail: Path, shop_distilled: subprocess.CompletedProcess[str]
 ) -> None:
     png = trail.parent / "report.png"
-    done = distill(trail, "--policy", "shop", "--min-decisions", "150", "--report-png", str(png))
+    done = shop_distilled
     assert done.returncode == 0, done.stderr
     head = load_distilled(trail.parent / "heads" / "shop.npz")
     meta = head.meta
@@ -188,6 +195,56 @@ def test_distill_writes_a_head_trained_on_older_and_measured_on_newer_decisions(
     assert set(meta.extra["shipped_head"]) == {"head_alone", "local_share", "local"}
     assert "wrote heads/shop.npz (head " in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_distilled_head_answers_in_a_cascade_and_the_model_guard_sees_only_the_rest(
+    trail: Path, shop_distilled: subprocess.CompletedProcess[str]
+) -> None:
+    """The loop closed: traffic -> audit trail -> distill -> a cascade guard using the head.
+    New requests of the same product (not in the trail) are mostly answered locally; the
+    guard double's call count is what is left, and harmful requests are still blocked."""
+    assert shop_distilled.returncode == 0, shop_distilled.stderr
+    head = trail.parent / "heads" / "shop.npz"
+    config = yaml.safe_load(trail.read_text())
+    prompts = [p.replace(f"({i})", f"(new {i})") for i, p in enumerate(shop_prompts()[:60])]
+    unsafe = {p for p in prompts if any(w in p for w in UNSAFE_WORDS)}
+    upstream = UpstreamDouble()
+    with (
+        run_server(upstream) as upstream_url,
+        start_sglang_double(unsafe_words=UNSAFE_WORDS) as (guard_url, guard),
+    ):
+        config["guards"] = {
+            "nemotron": {"type": "sglang", "base_url": guard_url},
+            "shop": {"type": "cascade", "head": str(head), "guard": "nemotron",
+                     "recheck_sample": 0.0},
+        }  # fmt: skip
+        config["default_guard"] = "shop"
+        config["upstreams"]["double"]["base_url"] = upstream_url + "/v1"
+        config["audit"] = {"enabled": False}
+        (trail.parent / "cascade.yaml").write_text(yaml.safe_dump(config))
+        app = create_app(load_config(trail.parent / "cascade.yaml", env={}), moderation=True)
+        answered_by: list[str] = []
+        with run_server(app) as url:
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-test", max_retries=0)
+            for prompt in prompts:
+                messages = [{"role": "user", "content": prompt}]
+                try:
+                    raw = client.chat.completions.with_raw_response.create(
+                        model="gpt-4o-mini", messages=messages  # type: ignore[arg-type]
+                    )
+                    assert prompt not in unsafe, f"a harmful request passed: {prompt}"
+                    answered_by += raw.headers["x-guardline-guard"].split(", ")
+                except openai.BadRequestError as exc:
+                    assert prompt in unsafe and exc.code == "content_policy_violation"
+                    answered_by.append(exc.response.headers["x-guardline-guard"])
+    local = sum(a.endswith(":shop/local") for a in answered_by)
+    by_model = sum(a.endswith(":shop/nemotron") for a in answered_by)
+    assert local + by_model == len(answered_by)
+    # every check the model guard answered is one call on the double, and no other call
+    assert len(guard.requests) == by_model
+    # Most checks of this product never reach the GPU (a run here: 106 local, 2 by the model
+    # guard; the bound leaves room for a head trained with another seed or CPU).
+    assert local > 3 * by_model
 
 
 def test_distill_refuses_a_trail_without_content(trail: Path) -> None:
