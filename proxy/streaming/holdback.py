@@ -46,58 +46,23 @@ upstream generator is closed (`aclose`) before `moderate_stream` returns.
 from __future__ import annotations
 
 import asyncio
+import enum
 import sys
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
-from time import perf_counter
-from typing import Any, Protocol
-
-import orjson
 
 from guard_engine.errors import GuardError
 from guard_engine.policy.compiled import StreamMode, Uncheckable
 from guard_engine.types import Verdict
 from proxy.sse import SSEEvent, SSEParser
-from proxy.streaming.chunks import (
-    ResponseText,
-    guard_error_event,
-    upstream_error_event,
-)
+from proxy.streaming.chunks import ResponseText, guard_error_event
+from proxy.streaming.monitor import monitor_stream
 from proxy.streaming.outcome import StreamOutcome
 from proxy.streaming.reader import UpstreamReader, describe_error
+from proxy.streaming.stream_text import StreamCheck, StreamText, ended_early, timed_check, usable
 
 __all__ = ["StreamCheck", "StreamMode", "StreamOutcome", "StreamText", "moderate_stream"]
-
-StreamCheck = Callable[[str], Awaitable[Verdict]]
-
-
-class StreamText(Protocol):
-    """What the stream moderators need from one API's stream shape (an API adapter's reader).
-
-    `ResponseText` reads chat.completion.chunk events (the answer ends at `[DONE]`); the
-    Responses API's reader (`proxy.apis.responses_stream`) reads its typed events (the answer
-    ends at its terminal event, `ended`)."""
-
-    total: int  # characters of text read so far
-    finished: bool  # the answer's text is complete (a final check may run now)
-    ended: bool  # the terminal event was read: nothing after it is read
-    error: str | None
-    usage: dict[str, Any] | None
-    model: str | None
-
-    def read(self, event: SSEEvent, *, strip_reasoning: bool = False) -> tuple[bytes, int, bool]:
-        """(bytes to send for the event, text characters it added, checkable)."""
-        ...
-
-    def render(self) -> str:
-        """All text read so far, as the guard judges it."""
-        ...
-
-    def refusal(self, refusal: str, *, after_text: bool, dropped: list[bytes]) -> bytes:
-        """The events that end a blocked stream (`dropped`: the held events never sent)."""
-        ...
-
 
 _NEVER = sys.maxsize  # buffer mode: no window is ever large enough; only the final check runs
 
@@ -126,8 +91,6 @@ def moderate_stream(
     A plain function returning the async generator, so a bad `mode` fails at the call.
     """
     if mode == "monitor":
-        from proxy.streaming.monitor import monitor_stream
-
         return monitor_stream(
             upstream,
             holdback_chars=holdback_chars,
@@ -143,195 +106,258 @@ def moderate_stream(
         window = first = _NEVER
     else:
         raise ValueError(f"unknown output stream mode: {mode!r}")
-    rules = _Rules(strip_reasoning=strip_reasoning, refuse_uncheckable=on_uncheckable == "refuse")
-    return _gated(upstream, window, check, refusal, outcome, first, rules, new_text())
+    rules = _Rules(
+        window=window,
+        first_window=first,
+        refusal=refusal,
+        strip_reasoning=strip_reasoning,
+        refuse_uncheckable=on_uncheckable == "refuse",
+    )
+    return HoldBack(upstream, check, outcome, rules, new_text()).run()
 
 
 @dataclass(frozen=True, slots=True)
 class _Rules:
-    """What the policy says about reasoning and unparseable events."""
+    """What the policy says: check cadence, the refusal, reasoning and unparseable events."""
 
+    window: int  # characters of new text that make a check due
+    first_window: int  # ... for the first check
+    refusal: str
     strip_reasoning: bool
     refuse_uncheckable: bool
 
 
-async def timed_check(check: StreamCheck, text: str, outcome: StreamOutcome) -> Verdict:
-    """Runs one check, counting it and its wall time; any failure becomes a GuardError."""
-    outcome.checks += 1
-    start = perf_counter()
-    try:
-        return await check(text)
-    except GuardError:
-        raise
-    except Exception as exc:  # a bug in the check must still fail closed, not leak text
-        raise GuardError(f"guard check failed: {type(exc).__name__}: {exc}") from exc
-    finally:
-        outcome.guard_ms += (perf_counter() - start) * 1000.0
+class Phase(enum.Enum):
+    """Where a held-back stream is. Upstream "ended" means nothing more will be read from it:
+    EOF, a failed read, `[DONE]`, or the API's terminal event."""
+
+    READING = "reading"  # upstream open, no check running
+    CHECKING = "checking"  # a check runs; upstream is still read meanwhile
+    ENDED = "ended"  # upstream ended, no check running (a last one may be due)
+    LAST_CHECK = "last check"  # upstream ended, a check runs
+    BLOCKED = "blocked"  # flagged text or refused uncheckable content: the refusal went out
+    FAILED = "failed"  # the guard failed: the error event went out
+    DONE = "done"  # every held event was released (and the client told if upstream was cut)
 
 
-def usable(event: SSEEvent) -> SSEEvent | None:
-    """A trailing event cut off at EOF is kept only if its payload is whole (`[DONE]` or JSON
-    that parses); it is then completed with its blank line. Otherwise it is dropped: an SSE
-    client discards an unterminated event anyway."""
-    if event.complete:
-        return event
-    if event.data is None:
-        return None
-    if not event.is_done:
+# The loop tests the phase a few times per upstream chunk; on Python 3.11 reading a member off
+# its Enum class costs ~0.15 µs each time, so the methods use these module-level names.
+_READING, _CHECKING, _ENDED, _LAST_CHECK = (
+    Phase.READING,
+    Phase.CHECKING,
+    Phase.ENDED,
+    Phase.LAST_CHECK,
+)
+_BLOCKED, _FAILED, _DONE = Phase.BLOCKED, Phase.FAILED, Phase.DONE
+
+
+class HoldBack:
+    """Holds each upstream event that carries text until a passed check covers it.
+
+    Text events are numbered in arrival order (`_seq`; events without text get 0): a check
+    started after event n covers events 1..n, and once it passes they, and the text-free
+    events behind them, are released in order. `run()` is the driver; the methods below it
+    are what happens on each event: text arrived, a check is due, a check settled, upstream
+    ended.
+    """
+
+    def __init__(
+        self,
+        upstream: AsyncIterator[bytes],
+        check: StreamCheck,
+        outcome: StreamOutcome,
+        rules: _Rules,
+        text: StreamText,
+    ) -> None:
+        self.phase = _READING
+        self._reader = UpstreamReader(upstream)
+        self._parser = SSEParser()
+        self._check = check
+        self._outcome = outcome
+        self._rules = rules
+        self._text = text
+        # Held events, oldest first: (seq, chars, raw bytes).
+        self._held: deque[tuple[int, int, bytes]] = deque()
+        self._seq = 0  # seq of the last text event read
+        self._checked = 0  # highest seq covered by a passed check
+        self._launched = 0  # text.total when the last check started
+        self._running: asyncio.Task[Verdict] | None = None
+        self._running_seq = 0  # seq the running check covers up to
+        self._keepalive: list[bytes] = []
+
+    async def run(self) -> AsyncGenerator[bytes, None]:
+        """The bytes for the client, in order; closes the upstream before it returns."""
         try:
-            orjson.loads(event.data)
-        except orjson.JSONDecodeError:
-            return None
-    return SSEEvent(event.raw + b"\n\n", event.data)
+            while True:
+                if self.phase is _READING or self.phase is _ENDED:
+                    self._start_check_if_due()
+                phase = self.phase
+                if phase is _ENDED:
+                    async for out in self._finish():
+                        yield out
+                    return
+                if (
+                    phase is _CHECKING or phase is _LAST_CHECK
+                ) and await self._check_settled_first():
+                    out = await self._window_checked()
+                else:
+                    try:  # the next upstream chunk (possibly the one read while a check ran)
+                        chunk = await self._reader.read()
+                    except Exception as exc:  # the upstream connection failed mid-stream
+                        self._outcome.upstream_error = describe_error(exc)
+                        chunk = None
+                    held_or_refused = self._text_arrived(chunk)
+                    out = await self._block() if held_or_refused is None else held_or_refused
+                if out:
+                    yield out
+                if self.phase is _BLOCKED or self.phase is _FAILED:
+                    return
+        finally:
+            self._outcome.usage = self._text.usage
+            self._outcome.model = self._text.model
+            if self._running is not None:
+                self._running.cancel()
+                await asyncio.gather(self._running, return_exceptions=True)
+            await self._reader.aclose()
 
+    # -- a check is due ------------------------------------------------------------------
 
-def ended_early(outcome: StreamOutcome, text: StreamText) -> bytes:
-    """Records why the stream ended without `[DONE]` and returns the event that tells the
-    client. When the upstream already sent an error event (forwarded in order), that one says
-    it and nothing is added."""
-    if text.error is not None:
-        outcome.upstream_error = outcome.upstream_error or f"upstream error event: {text.error}"
-        return b""
-    if outcome.upstream_error is None:
-        outcome.upstream_error = "connection closed before [DONE]"
-    return upstream_error_event(outcome.upstream_error)
+    def _start_check_if_due(self) -> None:
+        """Starts a check of all text so far once a window of new text has arrived, or the
+        answer's text is complete, or upstream ended with unchecked text."""
+        text = self._text
+        pending = text.total - self._launched
+        size = self._rules.first_window if self._launched == 0 else self._rules.window
+        ended = self.phase is _ENDED
+        if pending > 0 and (pending >= size or ended or text.finished):
+            self._running = asyncio.ensure_future(
+                timed_check(self._check, text.render(), self._outcome)
+            )
+            self._running_seq, self._launched = self._seq, text.total
+            self.phase = _LAST_CHECK if ended else _CHECKING
 
+    async def _check_settled_first(self) -> bool:
+        """While upstream is open, waits for the check or the next upstream chunk, whichever
+        comes first (the chunk stays pending in the reader); True when the check is done.
+        Once upstream ended there is nothing else to wait for."""
+        assert self._running is not None
+        if self.phase is _CHECKING and not self._running.done():
+            await asyncio.wait(
+                (self._reader.pending(), self._running), return_when=asyncio.FIRST_COMPLETED
+            )
+        return self.phase is _LAST_CHECK or self._running.done()
 
-async def _gated(
-    upstream: AsyncIterator[bytes],
-    window: int,
-    check: StreamCheck,
-    refusal: str,
-    outcome: StreamOutcome,
-    first_window: int,
-    rules: _Rules,
-    text: StreamText,
-) -> AsyncGenerator[bytes, None]:
-    parser = SSEParser()
-    reader = UpstreamReader(upstream)
-    # Held events, oldest first: (seq, chars, raw). seq numbers the events that carry text
-    # (0 for events without); an event is covered once a passed check started at seq >= its own.
-    held: deque[tuple[int, int, bytes]] = deque()
-    seq = 0
-    checked = 0  # highest seq covered by a passed check
-    launched = 0  # text.total when the last check started
-    inflight: asyncio.Task[Verdict] | None = None
-    inflight_seq = 0
-    ended = False  # nothing more will be read from upstream
-    keepalive: list[bytes] = []
+    # -- a check settled -----------------------------------------------------------------
 
-    def release() -> bytes:
+    async def _window_checked(self) -> bytes:
+        """The running check's verdict: release what it covered, or end the stream."""
+        running, self._running = self._running, None
+        assert running is not None
+        try:
+            verdict = await running
+        except GuardError as exc:
+            self._outcome.error = exc
+            await self._reader.aclose()
+            self.phase = _FAILED
+            return guard_error_event(exc.reason)
+        self._outcome.verdicts.append(verdict)
+        if verdict.flagged:
+            return await self._block()
+        self._checked = self._running_seq
+        self.phase = _ENDED if self.phase is _LAST_CHECK else _READING
+        return self._release()
+
+    # -- text arrived --------------------------------------------------------------------
+
+    def _text_arrived(self, chunk: bytes | None) -> bytes | None:
+        """Holds the chunk's events; returns what may go out at once (text-free events not
+        behind held text, keep-alives), or None when uncheckable content must end the stream
+        (the caller blocks it). Runs once per upstream chunk: the hot path, hence the locals."""
+        held, text, outcome, rules = self._held, self._text, self._outcome, self._rules
+        if chunk is None:
+            self._upstream_ended()
+            events = [e for e in map(usable, self._parser.flush()) if e is not None]
+        else:
+            events = self._parser.feed(chunk)
+        for event in events:
+            if event.is_done:
+                outcome.completed = True
+                self._upstream_ended()
+                held.append((0, 0, event.raw))
+                break  # nothing after [DONE] is read
+            if event.data is None:
+                self._hold_comment(event)
+                continue
+            raw, chars, checkable = text.read(event, strip_reasoning=rules.strip_reasoning)
+            if not checkable:  # nobody can check (all of) what it carries
+                outcome.uncheckable += 1
+                if rules.refuse_uncheckable:
+                    outcome.refused_uncheckable = True
+                    return None
+            if chars > 0:
+                self._seq += 1
+                held.append((self._seq, chars, raw))
+            else:
+                held.append((0, 0, raw))
+            if text.ended:  # a terminal event that is not `[DONE]` (Responses API)
+                outcome.completed = True
+                self._upstream_ended()
+                break
+        out = self._release() if held and held[0][0] == 0 else b""
+        if self._keepalive:
+            out += b"".join(self._keepalive)
+            self._keepalive.clear()
+        return out
+
+    def _hold_comment(self, event: SSEEvent) -> None:
+        if self._seq > self._checked and event.raw[:1] == b":":
+            # A keep-alive comment behind held text carries nothing and has no order to keep:
+            # send it now, so a client (or a proxy in between) waiting on a guard check or a
+            # buffered answer sees the connection alive.
+            self._keepalive.append(event.raw)
+        else:
+            self._held.append((0, 0, event.raw))
+
+    # -- upstream ended ------------------------------------------------------------------
+
+    def _upstream_ended(self) -> None:
+        if self.phase is _READING:
+            self.phase = _ENDED
+        elif self.phase is _CHECKING:
+            self.phase = _LAST_CHECK
+
+    async def _finish(self) -> AsyncGenerator[bytes, None]:
+        """Upstream ended and every text was checked: the rest goes out, and a client whose
+        upstream was cut short is told so."""
+        out = self._release()
+        self.phase = _DONE
+        if self._outcome.completed:
+            if out:
+                yield out
+            await self._reader.drain()
+        else:
+            await self._reader.aclose()
+            yield out + ended_early(self._outcome, self._text)
+
+    # -- releasing and blocking ----------------------------------------------------------
+
+    def _release(self) -> bytes:
+        """The held events a passed check covers, up to the first one it does not."""
         parts: list[bytes] = []
-        while held and held[0][0] <= checked:
+        held = self._held
+        while held and held[0][0] <= self._checked:
             _, chars, raw = held.popleft()
             parts.append(raw)
-            outcome.released_chars += chars
+            self._outcome.released_chars += chars
         return b"".join(parts)
 
-    try:
-        while True:
-            if inflight is None:
-                pending = text.total - launched
-                size = first_window if launched == 0 else window
-                if pending > 0 and (pending >= size or ended or text.finished):
-                    inflight = asyncio.ensure_future(timed_check(check, text.render(), outcome))
-                    inflight_seq, launched = seq, text.total
-                elif ended:
-                    break
-            if inflight is not None:
-                if not ended and not inflight.done():
-                    # Keep reading upstream while the guard works.
-                    await asyncio.wait(
-                        (reader.pending(), inflight), return_when=asyncio.FIRST_COMPLETED
-                    )
-                if ended or inflight.done():
-                    try:
-                        verdict = await inflight
-                    except GuardError as exc:
-                        outcome.error = exc
-                        await reader.aclose()
-                        yield guard_error_event(exc.reason)
-                        return
-                    finally:
-                        inflight = None
-                    outcome.verdicts.append(verdict)
-                    if verdict.flagged:
-                        outcome.blocked = True
-                        dropped = [raw for _, _, raw in held]
-                        held.clear()
-                        await reader.aclose()
-                        yield text.refusal(
-                            refusal, after_text=outcome.released_chars > 0, dropped=dropped
-                        )
-                        return
-                    checked = inflight_seq
-                    out = release()
-                    if out:
-                        yield out
-                    continue
-            # Read the next chunk (possibly the one already read while the check ran).
-            try:
-                chunk = await reader.read()
-            except Exception as exc:  # the upstream connection failed mid-stream
-                outcome.upstream_error = describe_error(exc)
-                chunk = None
-            if chunk is None:
-                ended = True
-                events = [e for e in map(usable, parser.flush()) if e is not None]
-            else:
-                events = parser.feed(chunk)
-            for event in events:
-                if event.is_done:
-                    outcome.completed = ended = True
-                    held.append((0, 0, event.raw))
-                    break  # nothing after [DONE] is read
-                if event.data is None:
-                    if seq > checked and event.raw[:1] == b":":
-                        # A keep-alive comment behind held text carries nothing and has no
-                        # order to keep: send it now, so a client (or a proxy in between)
-                        # waiting on a guard check or a buffered answer sees the connection alive.
-                        keepalive.append(event.raw)
-                    else:
-                        held.append((0, 0, event.raw))
-                    continue
-                raw, chars, checkable = text.read(event, strip_reasoning=rules.strip_reasoning)
-                if not checkable:  # nobody can check (all of) what it carries
-                    outcome.uncheckable += 1
-                    if rules.refuse_uncheckable:
-                        outcome.blocked = outcome.refused_uncheckable = True
-                        dropped = [raw for _, _, raw in held]
-                        held.clear()
-                        await reader.aclose()
-                        yield text.refusal(
-                            refusal, after_text=outcome.released_chars > 0, dropped=dropped
-                        )
-                        return
-                if chars > 0:
-                    seq += 1
-                    held.append((seq, chars, raw))
-                else:
-                    held.append((0, 0, raw))
-                if text.ended:  # a terminal event that is not `[DONE]` (Responses API)
-                    outcome.completed = ended = True
-                    break
-            out = release() if held and held[0][0] == 0 else b""
-            if keepalive:
-                out += b"".join(keepalive)
-                keepalive.clear()
-            if out:
-                yield out
-        out = release()
-        if outcome.completed:
-            if out:
-                yield out
-            await reader.drain()
-        else:
-            await reader.aclose()
-            yield out + ended_early(outcome, text)
-    finally:
-        outcome.usage = text.usage
-        outcome.model = text.model
-        if inflight is not None:
-            inflight.cancel()
-            await asyncio.gather(inflight, return_exceptions=True)
-        await reader.aclose()
+    async def _block(self) -> bytes:
+        """Ends the stream as a block: held events are dropped unsent, upstream is closed."""
+        self._outcome.blocked = True
+        dropped = [raw for _, _, raw in self._held]
+        self._held.clear()
+        await self._reader.aclose()
+        self.phase = _BLOCKED
+        return self._text.refusal(
+            self._rules.refusal, after_text=self._outcome.released_chars > 0, dropped=dropped
+        )

@@ -22,9 +22,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from guard_engine.errors import GuardError
 from proxy.sse import SSEParser
 from proxy.streaming.chunks import ResponseText
-from proxy.streaming.holdback import StreamCheck, StreamText, ended_early, timed_check, usable
 from proxy.streaming.outcome import StreamOutcome
 from proxy.streaming.reader import UpstreamReader, describe_error
+from proxy.streaming.stream_text import StreamCheck, StreamText, ended_early, timed_check, usable
 
 
 class _BackgroundChecks:

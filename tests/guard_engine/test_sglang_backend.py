@@ -485,3 +485,46 @@ def test_retry_after_parsing() -> None:
     assert retry_after_s(None) is None
     assert retry_after_s("soon") is None
     assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
+
+
+async def test_a_given_transport_carries_every_call_and_is_closed_with_the_backend() -> None:
+    """With a transport (the gateway's lean one), checks and health probes go straight to it,
+    with the backend's headers and the call's deadline as httpx's four timeout phases; closing
+    the backend closes it."""
+    seen: list[httpx.Request] = []
+    closed: list[bool] = []
+
+    class Recording(httpx.MockTransport):
+        async def aclose(self) -> None:
+            closed.append(True)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.method == "GET":
+            return httpx.Response(200)
+        return completion("User Safety: safe")
+
+    backend = SGLangBackend(
+        name="nemotron",
+        base_url=BASE,
+        model=MODEL,
+        adapter=NemotronAdapter(),
+        timeout_ms=2000,
+        max_concurrency=1,
+        api_key="sk-guard",
+        transport=Recording(handler),
+    )
+    result = await backend.check(
+        GuardRequest(prompt="hello"), POLICY, mode="categories", headers={"traceparent": "tp"}
+    )
+    assert result.verdict.prompt_label == "safe"
+    assert (await backend.health()).ok
+    await backend.aclose()
+    post, get = seen
+    assert post.headers["authorization"] == "Bearer sk-guard"
+    assert post.headers["traceparent"] == "tp"
+    assert post.headers["content-type"] == "application/json"
+    assert set(post.extensions["timeout"]) == {"connect", "read", "write", "pool"}
+    assert 0 < post.extensions["timeout"]["read"] <= 2.0
+    assert get.url == BASE + "/health" and "traceparent" not in get.headers
+    assert closed == [True]

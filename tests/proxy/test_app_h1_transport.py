@@ -328,3 +328,50 @@ async def test_body_delimited_by_close_ends_at_eof() -> None:
             assert await call(transport, post(url)) == (200, b"data: 1\n\ndata: [DONE]\n\n")
         await transport.aclose()
     assert state.connections == 2
+
+
+async def test_httpx_hands_the_transport_what_it_relies_on() -> None:
+    """H1Transport reads a few things httpx puts on a request: the `timeout` extension (a dict
+    with the four phases), `content` raising RequestNotRead for a streamed body, and
+    `transfer-encoding: chunked` on a streamed body without a length. Pinned here so an httpx
+    upgrade that changes any of them fails this test rather than the gateway."""
+    seen: list[tuple[object, bool, str | None]] = []
+
+    class Recording(H1Transport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            try:
+                streamed = not request.content  # a body in memory: no exception
+            except httpx.RequestNotRead:
+                streamed = True
+            seen.append(
+                (
+                    request.extensions.get("timeout"),
+                    streamed,
+                    request.headers.get("transfer-encoding"),
+                )
+            )
+            return await super().handle_async_request(request)
+
+    async def parts() -> AsyncIterator[bytes]:
+        yield b"{"
+        yield b"}"
+
+    async def answer(
+        state: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        state.requests.append(await read_request(reader))
+        writer.write(OK)
+        head = await reader.readuntil(b"\r\n\r\n")
+        state.requests.append(head + await reader.readuntil(b"0\r\n\r\n"))
+        writer.write(OK)
+        await writer.drain()
+        await reader.read()  # until the client closes
+
+    async with serve(answer) as (state, url):
+        timeout = httpx.Timeout(connect=1.0, read=2.0, write=3.0, pool=4.0)
+        async with httpx.AsyncClient(transport=Recording(), timeout=timeout) as client:
+            assert (await client.post(url, content=b"{}")).status_code == 200  # non-empty body
+            assert (await client.post(url, content=parts())).status_code == 200
+    phases = {"connect": 1.0, "read": 2.0, "write": 3.0, "pool": 4.0}
+    assert seen == [(phases, False, None), (phases, True, "chunked")]
+    assert state.requests[1].endswith(b"\r\n\r\n1\r\n{\r\n1\r\n}\r\n0\r\n\r\n")
