@@ -183,14 +183,18 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="guardline-bench-"))
+    # The SDK reads OTEL_* from the process environment.
     if args.otlp_endpoint:
-        provider = tracing.setup_tracing(env={"OTEL_EXPORTER_OTLP_ENDPOINT": args.otlp_endpoint})
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = args.otlp_endpoint
+        provider = tracing.setup_tracing()
         exporter = None
     else:
         exporter = DiscardExporter()
-        provider = tracing.setup_tracing(env={}, span_processor=BatchSpanProcessor(exporter))
+        provider = tracing.setup_tracing(span_processor=BatchSpanProcessor(exporter))
     tracer = tracing.tracer(provider)
-    disabled = tracing.setup_tracing(env={"OTEL_SDK_DISABLED": "true"})
+    os.environ["OTEL_SDK_DISABLED"] = "true"
+    disabled = tracing.setup_tracing()
+    del os.environ["OTEL_SDK_DISABLED"]
     metrics = GatewayMetrics()
     store = AuditStore(workdir / "audit.sqlite3")
     writer = AuditWriter(store, queue_size=10000, metrics=metrics)

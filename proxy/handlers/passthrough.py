@@ -51,11 +51,16 @@ from proxy.forward import ChatCall
 from proxy.moderation.blocks import input_violation
 from proxy.moderation.decide import StageResult, skipped
 from proxy.moderation.headers import Decisions
-from proxy.moderation.spans import CallTiming, ModerationSpans, with_trace_headers
+from proxy.moderation.spans import (
+    CallTiming,
+    ModerationSpans,
+    carrier,
+    end_span,
+    start_child,
+    with_trace_headers,
+)
 from proxy.observability import tracing
-from proxy.observability.after_response import after_response
 from proxy.observability.asgi import STATE_ROUTE, STATE_TENANT, request_start
-from proxy.observability.late_spans import LateSpan, Parent
 from proxy.observability.request_log import STATE_MODERATION, ModerationSummary
 from proxy.observability.timing import RequestTiming
 from proxy.request_body import ChatBody
@@ -499,11 +504,9 @@ async def _send(
     With a known length the first body chunk is read too: a small answer is then complete
     before the response starts, and goes out without a disconnect watcher of its own."""
     headers = request_headers(upstream, client_headers)
-    parent = Parent.current() if tracer is not None else None
-    span = None
-    if tracer is not None and parent is not None:
-        span = LateSpan.start(tracer, tracing.SPAN_UPSTREAM, parent, SpanKind.CLIENT)
-        headers = with_trace_headers(headers, span.carrier())
+    span = start_child(tracer, tracing.SPAN_UPSTREAM, SpanKind.CLIENT) if tracer else None
+    if span is not None:
+        headers = with_trace_headers(headers, carrier(span))
     started = time.perf_counter()
     try:
         relayed = await relay(
@@ -512,9 +515,7 @@ async def _send(
     except BaseException as exc:
         timing.add("upstream", started, time.perf_counter())
         if span is not None:
-            span.fail(exc)
-            span.end()
-            after_response(_state(timing), lambda: span.record(None))
+            end_span(span, None, exc)
         raise
     timing.add("upstream", started, time.perf_counter())
     if span is not None:
@@ -527,8 +528,7 @@ async def _send(
             otel_span.set_attribute("http.response.status_code", status)
 
         def ended() -> None:  # the span covers the whole body, like chat's
-            span.end()
-            after_response(_state(timing), lambda: span.record(annotate))
+            end_span(span, annotate)
 
         relayed.on_end = ended
     if relayed.length:
@@ -540,10 +540,6 @@ async def _send(
         finally:
             timing.add("upstream", started, time.perf_counter())
     return relayed
-
-
-def _state(timing: RequestTiming) -> dict[str, Any] | None:
-    return timing.state if isinstance(timing, CallTiming) else None
 
 
 class PassthroughResponse(Response):

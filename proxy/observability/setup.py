@@ -9,8 +9,7 @@ stops them in the right order. Switched-off parts are None (the tracer is a no-o
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
@@ -19,7 +18,6 @@ from opentelemetry.trace import NoOpTracer, Tracer
 
 from proxy.config_schema import GatewayConfig
 from proxy.observability import tracing
-from proxy.observability.late_spans import ReservedIds
 from proxy.observability.logs import Redactor, configure_logging
 from proxy.observability.metrics import GatewayMetrics
 from proxy.upstream_errors import configured_secrets
@@ -77,32 +75,23 @@ def config_secrets(config: GatewayConfig) -> Iterator[str]:
 def build_observability(
     config: GatewayConfig,
     *,
-    env: Mapping[str, str] | None = None,
     log_stream: TextIO | None = None,
     service_name: str = "guardline",
     span_processor: SpanProcessor | None = None,
 ) -> Observability:
-    """Configure logging, tracing, metrics and audit from `config` and the OTEL_* `env`.
+    """Configure logging, tracing, metrics and audit from `config` and the OTEL_* variables.
 
     `span_processor` is added beside the configured exporters (tests: an in-memory one)."""
-    env = os.environ if env is None else env
     # httpx logs every guard call at INFO: the gateway's own line per request says it all.
     redactor = configure_logging(
         config.logging.level, stream=log_stream, quiet_libraries=config.logging.level != "debug"
     )
-    redactor.register([*config_secrets(config), *tracing.exporter_secrets(env)])
+    redactor.register([*config_secrets(config), *tracing.exporter_secrets()])
 
     provider: TracerProvider | None = None
     tracer: Tracer = NoOpTracer()
     if config.tracing.enabled:
-        # Child spans are recorded after the response with the ids their traceparent carried
-        # (proxy.observability.late_spans).
-        provider = tracing.setup_tracing(
-            service_name=service_name,
-            env=env,
-            span_processor=span_processor,
-            id_generator=ReservedIds(),
-        )
+        provider = tracing.setup_tracing(service_name=service_name, span_processor=span_processor)
         tracer = tracing.tracer(provider)
 
     metrics = GatewayMetrics() if config.metrics.enabled else None
@@ -117,7 +106,7 @@ def build_observability(
         if config.audit.otel_logs:
             from proxy.audit.otel_logs import audit_logger, setup_audit_logs
 
-            log_provider = setup_audit_logs(service_name=service_name, env=env)
+            log_provider = setup_audit_logs(service_name=service_name)
             otel_logger = audit_logger(log_provider)
         writer = AuditWriter(
             AuditStore(config.audit.path), config.audit.queue_size, metrics, otel_logger

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from opentelemetry.trace import Tracer
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
@@ -24,23 +23,14 @@ from proxy.moderation.pipeline import ModerationPipeline
 from proxy.moderation.report import ModerationReport
 from proxy.observability import tracing
 from proxy.observability.asgi import ObservabilityMiddleware
-from proxy.observability.late_spans import LateTracer
 from proxy.observability.request_log import RequestLogMiddleware
 from proxy.observability.setup import Observability
 from proxy.state import GatewayState
 
 
 def middleware(obs: Observability) -> list[Middleware]:
-    """Outermost first: the SERVER span and request metrics, then the request log line.
-
-    The SERVER span is a late one (ids and sampling when the request starts, the SDK span when
-    it ends, after the response): see proxy.observability.late_spans."""
-    tracer: Tracer | None = None
-    if obs.tracer_provider is not None:
-        try:
-            tracer = LateTracer(obs.tracer)
-        except ValueError:  # a provider without ReservedIds: plain SDK spans
-            tracer = obs.tracer
+    """Outermost first: the SERVER span and request metrics, then the request log line."""
+    tracer = obs.tracer if obs.tracer_provider is not None else None
     return [
         Middleware(ObservabilityMiddleware, tracer=tracer, metrics=obs.metrics),
         Middleware(RequestLogMiddleware),

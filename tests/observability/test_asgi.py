@@ -26,7 +26,7 @@ CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 @pytest.fixture
 def memory() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
     exporter = InMemorySpanExporter()
-    provider = tracing.setup_tracing(env={}, span_processor=SimpleSpanProcessor(exporter))
+    provider = tracing.setup_tracing(span_processor=SimpleSpanProcessor(exporter))
     yield provider, exporter
     provider.shutdown()
 

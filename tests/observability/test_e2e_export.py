@@ -39,7 +39,7 @@ from proxy.observability.logs import configure_logging, log_request, register_se
 from proxy.observability.metrics import GatewayMetrics
 from proxy.observability.timing import RequestTiming
 from tests.conftest_servers import run_server
-from tests.factories import make_verdict
+from tests.factories import OtelEnv, make_verdict
 from tests.observability.test_otlp_export import Receiver, _spans
 
 TENANT_KEY = "gl-acme-e2e-key-5d1c9a0b7e"
@@ -70,10 +70,11 @@ def logs() -> Iterator[io.StringIO]:
     structlog.reset_defaults()
 
 
-def build_app(receiver_url: str, audit_path: Path) -> tuple[Starlette, AuditWriter]:
-    provider = tracing.setup_tracing(
-        env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver_url, "OTEL_BSP_SCHEDULE_DELAY": "50"}
-    )
+def build_app(
+    receiver_url: str, audit_path: Path, otel_env: OtelEnv
+) -> tuple[Starlette, AuditWriter]:
+    otel_env({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver_url, "OTEL_BSP_SCHEDULE_DELAY": "50"})
+    provider = tracing.setup_tracing()
     tracer = tracing.tracer(provider)
     metrics = GatewayMetrics()
     writer = AuditWriter(AuditStore(audit_path), 100, metrics)
@@ -146,9 +147,13 @@ def build_app(receiver_url: str, audit_path: Path) -> tuple[Starlette, AuditWrit
 
 
 def test_openai_client_through_a_real_server(
-    receiver: Receiver, logs: io.StringIO, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    receiver: Receiver,
+    logs: io.StringIO,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    otel_env: OtelEnv,
 ) -> None:
-    app, writer = build_app(receiver.url, tmp_path / "audit.sqlite3")
+    app, writer = build_app(receiver.url, tmp_path / "audit.sqlite3", otel_env)
     with run_server(app) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=TENANT_KEY, max_retries=0)
         raw = client.chat.completions.with_raw_response.create(

@@ -137,6 +137,7 @@ def write_policy(folder: Path, name: str, **fields: Any) -> Path:
 @pytest.fixture
 def start(
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     upstream: tuple[UpstreamDouble, str],
     guard_server: tuple[str, SGLangDouble],
 ) -> Iterator[Any]:
@@ -152,7 +153,10 @@ def start(
             env: dict[str, str] | None = None,
             **policy: Any,
         ) -> Observed:
-            """Start the gateway: `policy` fields for main.yaml, `config` sections replaced."""
+            """Start the gateway: `policy` fields for main.yaml, `config` sections replaced,
+            `env` the OTEL_* variables its SDK reads."""
+            for name, value in (env or {}).items():
+                monkeypatch.setenv(name, value)
             write_policy(tmp_path, "main", **policy)
             config_path = tmp_path / "config.yaml"
             config_path.write_text(
@@ -179,7 +183,6 @@ def start(
             logs = io.StringIO()
             obs = build_observability(
                 loaded,
-                env=env or {},
                 log_stream=logs,
                 span_processor=SimpleSpanProcessor(exporter),
             )
