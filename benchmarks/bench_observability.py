@@ -43,7 +43,7 @@ from proxy.audit.writer import AuditWriter
 from proxy.observability import tracing
 from proxy.observability.logs import configure_logging, log_request, register_secrets
 from proxy.observability.metrics import GatewayMetrics
-from proxy.observability.timing import RequestTiming
+from proxy.timing import RequestTiming
 
 PROMPT = "How do I explain the causes of the First World War to a 10-year-old? " * 4
 RESPONSE = "Great question! A long time ago, many countries in Europe had made promises... " * 6

@@ -33,11 +33,12 @@ from guard_engine.types import GuardRequest
 from proxy.audit.record import AuditRecord
 from proxy.audit.store import AuditStore
 from proxy.audit.writer import AuditWriter
+from proxy.context import request_context
 from proxy.observability import tracing
-from proxy.observability.asgi import ObservabilityMiddleware, request_start
+from proxy.observability.asgi import ObservabilityMiddleware
 from proxy.observability.logs import configure_logging, log_request, register_secrets
 from proxy.observability.metrics import GatewayMetrics
-from proxy.observability.timing import RequestTiming
+from proxy.timing import RequestTiming
 from tests.conftest_servers import run_server
 from tests.factories import OtelEnv, make_verdict
 from tests.observability.test_otlp_export import Receiver, _spans
@@ -81,12 +82,12 @@ def build_app(
     log = structlog.get_logger("guardline.request")
 
     async def chat(request: Request) -> Response:
-        state = request.scope["state"]
-        state["route"], state["tenant"] = "default", "acme"
+        context = request_context(request.scope)
+        context.route, context.tenant = "default", "acme"
         body = await request.json()
         # A careless debug line: the redactor must still keep the key out of the log.
         log.info("debug headers", headers=dict(request.headers))
-        timing = RequestTiming(start=request_start(request.scope))
+        timing = RequestTiming(start=context.start)
         guard_request = GuardRequest(prompt=body["messages"][-1]["content"])
         with tracer.start_as_current_span(tracing.SPAN_GUARD_INPUT) as span:
             started = time.perf_counter()

@@ -21,7 +21,7 @@ from proxy.observability.logs import (
     log_request,
     register_secrets,
 )
-from proxy.observability.timing import RequestTiming
+from proxy.timing import RequestTiming
 
 TENANT_KEY = "gl-tenant-acme-7f3a9c1e5b"
 UPSTREAM_KEY = "upstream-secret-Zq81xx0P"

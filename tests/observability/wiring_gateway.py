@@ -151,10 +151,12 @@ def start(
             *,
             config: dict[str, Any] | None = None,
             env: dict[str, str] | None = None,
+            without: tuple[type, ...] = (),
             **policy: Any,
         ) -> Observed:
             """Start the gateway: `policy` fields for main.yaml, `config` sections replaced,
-            `env` the OTEL_* variables its SDK reads."""
+            `env` the OTEL_* variables its SDK reads, `without` middleware classes left out
+            of the app."""
             for name, value in (env or {}).items():
                 monkeypatch.setenv(name, value)
             write_policy(tmp_path, "main", **policy)
@@ -187,6 +189,8 @@ def start(
                 span_processor=SimpleSpanProcessor(exporter),
             )
             app = create_app(loaded, moderation=True, observability=obs)
+            # Starlette builds its middleware stack at the first request, from this list.
+            app.user_middleware = [m for m in app.user_middleware if m.cls not in without]
             url = stack.enter_context(run_server(app))
             return Observed(url, obs, exporter, logs, Path(loaded.audit.path), upstream[0], guard)
 

@@ -21,7 +21,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 from opentelemetry.trace import (
@@ -37,15 +37,16 @@ from opentelemetry.trace import (
 from guard_engine.engine import GuardEngine
 from guard_engine.policy.compiled import CompiledPolicy
 from guard_engine.types import GuardRequest
+from proxy.chat_call import ChatCall
 from proxy.config_schema import LiteLLMUpstreamConfig
-from proxy.forward import ChatCall, ChatService
 from proxy.moderation.decide import StageResult, judge
+from proxy.moderation.observer import Check
 from proxy.observability import tracing
-from proxy.observability.timing import Kind, RequestTiming
+from proxy.timing import Kind, RequestTiming
 from proxy.upstreams.reply import RawHeaders, UpstreamReply
 
 if TYPE_CHECKING:
-    from proxy.state import GatewayState
+    from proxy.state import ChatService, GatewayState
     from proxy.streaming.outcome import StreamOutcome
 
 
@@ -82,17 +83,6 @@ def _tokens(usage: Any) -> tuple[int | None, int | None]:
         prompt if isinstance(prompt, int) else None,
         completion if isinstance(completion, int) else None,
     )
-
-
-class CallTiming(RequestTiming):
-    """A request's timing ledger that also knows the request's scope state (for the work
-    deferred until the response is out)."""
-
-    __slots__ = ("state",)
-
-    def __init__(self, start: float | None, state: dict[str, Any] | None) -> None:
-        super().__init__(start)
-        self.state = state
 
 
 Annotate = Callable[[Span], None]
@@ -212,8 +202,17 @@ class UpstreamStream:
         self._end(with_usage)
 
 
+# The span of each guard check.
+_SPAN_NAMES: Final[dict[Check, str]] = {
+    "input": tracing.SPAN_GUARD_INPUT,
+    "output": tracing.SPAN_GUARD_OUTPUT,
+    "output.window": tracing.SPAN_GUARD_HOLDBACK,
+}
+
+
 class ModerationSpans:
-    """Spans + timing around the pipeline's guard checks and upstream call."""
+    """Spans + timing around the pipeline's guard checks and upstream call: the pipeline's
+    `ModerationObserver` (proxy.moderation.observer)."""
 
     def __init__(self, tracer: Tracer | None = None, *, record_content: bool = False) -> None:
         self.tracer: Tracer = tracer if tracer is not None else NoOpTracer()
@@ -223,13 +222,13 @@ class ModerationSpans:
     @staticmethod
     def timing(call: ChatCall) -> RequestTiming:
         """The request's ledger, started when the request's first byte arrived."""
-        return CallTiming(call.started, call.scope_state)
+        return RequestTiming(call.context.start if call.context is not None else None)
 
     # --- guard checks -------------------------------------------------------------------------
 
-    async def judge(
+    async def check(
         self,
-        name: str,
+        check: Check,
         engine: GuardEngine,
         request: GuardRequest,
         policy: CompiledPolicy,
@@ -240,7 +239,7 @@ class ModerationSpans:
         upstream_started: bool = False,
     ) -> StageResult:
         """One guard decision in its own span; the guard gets this span's traceparent."""
-        span = start_child(self.tracer, name)
+        span = start_child(self.tracer, _SPAN_NAMES[check])
         try:
             with timing.measure(kind):
                 result = await judge(
