@@ -213,7 +213,7 @@ def create_app(
         from proxy import assembly
 
         routes.extend(assembly.routes(obs, before_scrape, AdminGate(config.server.admin_key)))
-        middleware = [*assembly.middleware(obs), *middleware]  # outermost first
+        middleware = [*assembly.middleware(obs, config), *middleware]  # outermost first
     app = Starlette(
         routes=routes,
         middleware=middleware,

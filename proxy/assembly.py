@@ -46,16 +46,17 @@ log = logging.getLogger("guardline.moderation")
 # --- what create_app builds the app with ----------------------------------------------------
 
 
-def middleware(obs: Observability) -> list[Middleware]:
-    """Outermost first: the SERVER span and request metrics, then the request log line.
+def middleware(obs: Observability, config: GatewayConfig) -> list[Middleware]:
+    """Outermost first: the SERVER span and request metrics, then the request log line
+    (`logging.requests`).
 
-    What they record does not depend on their being here: the deferred work (metrics and
-    audit records of a moderation) runs from GatewayMiddleware, which every app has."""
+    Nothing else depends on their being here: the deferred work (metrics and audit records of
+    a moderation) runs from GatewayMiddleware, which every app has."""
     tracer = obs.tracer if obs.tracer_provider is not None else None
-    return [
-        Middleware(ObservabilityMiddleware, tracer=tracer, metrics=obs.metrics),
-        Middleware(RequestLogMiddleware),
-    ]
+    layers = [Middleware(ObservabilityMiddleware, tracer=tracer, metrics=obs.metrics)]
+    if config.logging.requests:
+        layers.append(Middleware(RequestLogMiddleware))
+    return layers
 
 
 def routes(

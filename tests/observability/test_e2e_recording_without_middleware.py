@@ -15,13 +15,23 @@ from tests.observability.wiring_gateway import PROMPT, Observed, wait_for
 from tests.observability.wiring_gateway import metric_value as _value
 
 
+def test_logging_requests_off_leaves_the_request_log_out(start: Any) -> None:
+    """`logging.requests: false`, the configuration without the request log middleware."""
+    gw: Observed = start(config={"logging": {"requests": False}})
+    assert RequestLogMiddleware not in [m.cls for m in gw.app.user_middleware]
+    _one_request_is_recorded(gw, without=(RequestLogMiddleware,))
+
+
 @pytest.mark.parametrize(
     "without",
     [(), (RequestLogMiddleware,), (RequestLogMiddleware, ObservabilityMiddleware)],
     ids=["all", "no-request-log", "no-observability-middlewares"],
 )
 def test_records_do_not_depend_on_the_middlewares(start: Any, without: tuple[type, ...]) -> None:
-    gw: Observed = start(without=without)
+    _one_request_is_recorded(start(without=without), without)
+
+
+def _one_request_is_recorded(gw: Observed, without: tuple[type, ...]) -> None:
     completion = gw.client().chat.completions.create(
         model="m-1", messages=[{"role": "user", "content": PROMPT}]
     )

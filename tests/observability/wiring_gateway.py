@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
 
 from proxy.app import create_app
 from proxy.config import load_config
@@ -75,6 +76,7 @@ class Observed:
     audit_path: Path
     upstream: UpstreamDouble
     guard: SGLangDouble
+    app: Starlette
 
     def server_span(self) -> ReadableSpan:
         """The request's SERVER span, once it has ended: it ends after the last byte was sent,
@@ -192,7 +194,9 @@ def start(
             # Starlette builds its middleware stack at the first request, from this list.
             app.user_middleware = [m for m in app.user_middleware if m.cls not in without]
             url = stack.enter_context(run_server(app))
-            return Observed(url, obs, exporter, logs, Path(loaded.audit.path), upstream[0], guard)
+            return Observed(
+                url, obs, exporter, logs, Path(loaded.audit.path), upstream[0], guard, app
+            )
 
         yield run
     root = logging.getLogger()
