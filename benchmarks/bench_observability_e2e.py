@@ -10,6 +10,8 @@ on the same guard and upstream, identical except for their config's switches:
   on    all three on: spans for every request (no exporter unless OTEL_* says so; `--otlp`
         exports them over OTLP/HTTP to a receiver in this process), Prometheus metrics,
         the SQLite audit trail (two records per request)
+  on-late  as on, with `tracing.late_spans: true` (spans recorded after the response;
+        `--variants off on on-late` compares the two span paths)
 
 Both log one JSON request line per request (logging is not one of the three switches). Each
 request is a full moderation (serial input check, upstream call, output check) with a unique
@@ -65,6 +67,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "metrics": ("metrics",),
     "audit": ("audit",),
     "on": PARTS,
+    # All three on, spans recorded after the response (`tracing.late_spans`, opt-in).
+    "on-late": (*PARTS, "late"),
 }
 
 
@@ -109,7 +113,10 @@ def write_config(folder: Path, label: str, guard_url: str, upstream_url: str) ->
             {"name": "pass", "path_prefix": PASS_PREFIX, "upstream": "up", "policy": str(passing)},
             {"name": "bench", "upstream": "up", "policy": str(policy)},
         ],
-        "tracing": {"enabled": "tracing" in parts},
+        "tracing": {
+            "enabled": "tracing" in parts,
+            **({"late_spans": True} if "late" in parts else {}),
+        },
         "metrics": {"enabled": "metrics" in parts},
         # Not in the policy's folder: its watcher would see every audit write as a change.
         "audit": {

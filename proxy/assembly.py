@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from opentelemetry.trace import Tracer
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
@@ -34,6 +35,7 @@ from proxy.handlers.metrics import metrics_route
 from proxy.moderation.pipeline import ModerationPipeline
 from proxy.observability import tracing
 from proxy.observability.asgi import ObservabilityMiddleware
+from proxy.observability.late_spans import LateTracer
 from proxy.observability.moderation_report import ModerationReport
 from proxy.observability.moderation_spans import ModerationSpans
 from proxy.observability.request_log import RequestLogMiddleware
@@ -52,8 +54,17 @@ def middleware(obs: Observability, config: GatewayConfig) -> list[Middleware]:
 
     Nothing else depends on their being here: the deferred work (metrics and audit records of
     a moderation) runs from GatewayMiddleware, which every app has."""
-    tracer = obs.tracer if obs.tracer_provider is not None else None
-    layers = [Middleware(ObservabilityMiddleware, tracer=tracer, metrics=obs.metrics)]
+    tracer: Tracer | None = None
+    if obs.tracer_provider is not None:
+        tracer = obs.tracer
+        if config.tracing.late_spans:
+            # Opt-in: the SERVER span recorded after the response (proxy.observability.
+            # late_spans); a provider without ReservedIds keeps plain SDK spans.
+            with contextlib.suppress(ValueError):
+                tracer = LateTracer(obs.tracer)
+    layers: list[Middleware] = [
+        Middleware(ObservabilityMiddleware, tracer=tracer, metrics=obs.metrics)
+    ]
     if config.logging.requests:
         layers.append(Middleware(RequestLogMiddleware))
     return layers
@@ -141,6 +152,7 @@ async def install_moderation(
         observer=ModerationSpans(
             obs.tracer if obs is not None else None,
             record_content=config.tracing.record_content,
+            late_spans=config.tracing.late_spans,
         ),
         on_finished=report.finished if report is not None else None,
         on_shadow=report.shadow if report is not None else None,

@@ -12,7 +12,9 @@ The same calls feed the request's `RequestTiming`. For a stream the upstream spa
 upstream chunk is upstream time, so what remains as overhead is the gateway's own work.
 
 Spans are the SDK's own: started when the call starts (the traceparent names them), annotated
-and ended when it ends.
+and ended when it ends. `tracing.late_spans: true` (opt-in) records them after the response
+instead (`proxy.observability.late_spans`: cheaper on the request path, relies on SDK
+internals; measured in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import orjson
 from opentelemetry.trace import (
@@ -39,9 +41,11 @@ from guard_engine.policy.compiled import CompiledPolicy
 from guard_engine.types import GuardRequest
 from proxy.chat_call import ChatCall
 from proxy.config_schema import LiteLLMUpstreamConfig
+from proxy.context import RequestContext
 from proxy.moderation.decide import StageResult, judge
 from proxy.moderation.observer import Check
 from proxy.observability import tracing
+from proxy.observability.late_spans import LateSpan, Parent, ReservedIds
 from proxy.timing import Kind, RequestTiming
 from proxy.upstreams.reply import RawHeaders, UpstreamReply
 
@@ -111,6 +115,91 @@ def end_span(span: Span, annotate: Annotate | None, error: BaseException | None 
     span.end()
 
 
+class ChildSpan(Protocol):
+    """One child span of the request, as the observer uses it."""
+
+    def headers(self) -> dict[str, str]:
+        """traceparent/tracestate naming this span as the parent of the outgoing call."""
+        ...
+
+    def finish(
+        self,
+        annotate: Annotate | None,
+        error: BaseException | None = None,
+        end_ns: int | None = None,
+    ) -> None:
+        """The work ended (at `end_ns`, default now): attributes from `annotate`."""
+        ...
+
+
+class _SdkChild:
+    """The default: an SDK span, started when the work starts, ended when it ends."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+
+    def headers(self) -> dict[str, str]:
+        return carrier(self.span)
+
+    def finish(
+        self,
+        annotate: Annotate | None,
+        error: BaseException | None = None,
+        end_ns: int | None = None,
+    ) -> None:
+        span = self.span
+        if span.is_recording():
+            if annotate is not None:
+                annotate(span)
+            if error is not None:
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        span.end(end_ns)
+
+
+class _LateChild:
+    """`tracing.late_spans: true`: ids now, the SDK span recorded once the response is out
+    (proxy.observability.late_spans; relies on SDK internals, hence opt-in)."""
+
+    __slots__ = ("context", "late")
+
+    def __init__(self, late: LateSpan, context: RequestContext | None) -> None:
+        self.late = late
+        self.context = context
+
+    def headers(self) -> dict[str, str]:
+        return self.late.carrier()
+
+    def finish(
+        self,
+        annotate: Annotate | None,
+        error: BaseException | None = None,
+        end_ns: int | None = None,
+    ) -> None:
+        late = self.late
+        if error is not None:
+            late.fail(error)
+        late.end(end_ns)
+        if self.context is None:
+            late.record(annotate)
+        else:
+            self.context.after_response(lambda: late.record(annotate))
+
+
+class ObservedTiming(RequestTiming):
+    """A request's timing ledger that also knows the request's context and, for late spans,
+    its SERVER span as their parent (looked up once per request)."""
+
+    __slots__ = ("context", "parent")
+
+    def __init__(self, context: RequestContext | None) -> None:
+        super().__init__(context.start if context is not None else None)
+        self.context = context
+        self.parent: Parent | bool | None = False  # False: not looked up yet
+
+
 class UpstreamStream:
     """An upstream SSE body whose chunk waits are timed as `upstream` and whose end ends the
     upstream span. After `defer()` the span is recorded by `finish()` instead, which adds the
@@ -121,7 +210,7 @@ class UpstreamStream:
     def __init__(
         self,
         inner: AsyncIterator[bytes],
-        span: Span | None,
+        span: ChildSpan | None,
         timing: RequestTiming,
         annotate: Annotate,
     ) -> None:
@@ -171,14 +260,8 @@ class UpstreamStream:
 
     def _end(self, annotate: Annotate) -> None:
         span, self._span = self._span, None
-        if span is None:
-            return
-        if span.is_recording():
-            annotate(span)
-            if self._error is not None:
-                span.record_exception(self._error)
-                span.set_status(Status(StatusCode.ERROR, type(self._error).__name__))
-        span.end(self._ended_ns)
+        if span is not None:
+            span.finish(annotate, self._error, self._ended_ns)
 
     def finish(self, model: str | None, usage: dict[str, Any] | None) -> None:
         """End a deferred span with what the moderated stream learned (model, usage)."""
@@ -214,15 +297,42 @@ class ModerationSpans:
     """Spans + timing around the pipeline's guard checks and upstream call: the pipeline's
     `ModerationObserver` (proxy.moderation.observer)."""
 
-    def __init__(self, tracer: Tracer | None = None, *, record_content: bool = False) -> None:
+    def __init__(
+        self,
+        tracer: Tracer | None = None,
+        *,
+        record_content: bool = False,
+        late_spans: bool = False,
+    ) -> None:
         self.tracer: Tracer = tracer if tracer is not None else NoOpTracer()
         self.record_content = record_content
+        # tracing.late_spans: children recorded after the response (proxy.observability.
+        # late_spans); needs the provider's ReservedIds, else they are plain SDK spans.
+        self._late = late_spans and isinstance(
+            getattr(self.tracer, "id_generator", None), ReservedIds
+        )
         self._providers: dict[str, str] = {}
 
     @staticmethod
     def timing(call: ChatCall) -> RequestTiming:
         """The request's ledger, started when the request's first byte arrived."""
-        return RequestTiming(call.context.start if call.context is not None else None)
+        return ObservedTiming(call.context)
+
+    def _start(
+        self, name: str, timing: RequestTiming, kind: SpanKind = SpanKind.INTERNAL
+    ) -> ChildSpan | None:
+        """A child of the request's span, or None without a trace (tracing off: the client's
+        trace headers then go out as they came)."""
+        if not self._late:
+            span = start_child(self.tracer, name, kind)
+            return _SdkChild(span) if span is not None else None
+        observed = timing if isinstance(timing, ObservedTiming) else ObservedTiming(None)
+        if observed.parent is False:
+            observed.parent = Parent.current()
+        parent = observed.parent
+        if not isinstance(parent, Parent):
+            return None
+        return _LateChild(LateSpan.start(self.tracer, name, parent, kind), observed.context)
 
     # --- guard checks -------------------------------------------------------------------------
 
@@ -239,26 +349,26 @@ class ModerationSpans:
         upstream_started: bool = False,
     ) -> StageResult:
         """One guard decision in its own span; the guard gets this span's traceparent."""
-        span = start_child(self.tracer, _SPAN_NAMES[check])
+        span = self._start(_SPAN_NAMES[check], timing)
         try:
             with timing.measure(kind):
                 result = await judge(
                     engine,
                     request,
                     policy,
-                    headers=carrier(span) if span is not None else None,
+                    headers=span.headers() if span is not None else None,
                     upstream_started=upstream_started,
                 )
         except BaseException as exc:
             if span is not None:
-                end_span(span, None, exc)
+                span.finish(None, exc)
             raise
         if span is not None:
 
             def annotate(otel_span: Span) -> None:
                 self._annotate(otel_span, result, policy, request, index)
 
-            end_span(span, annotate)
+            span.finish(annotate)
         return result
 
     def _annotate(
@@ -304,9 +414,9 @@ class ModerationSpans:
         timing: RequestTiming,
     ) -> UpstreamReply:
         """Call the upstream in a CLIENT span that its traceparent names as the parent."""
-        span = start_child(self.tracer, tracing.SPAN_UPSTREAM, SpanKind.CLIENT)
+        span = self._start(tracing.SPAN_UPSTREAM, timing, SpanKind.CLIENT)
         if span is not None:
-            call = replace(call, headers=with_trace_headers(call.headers, carrier(span)))
+            call = replace(call, headers=with_trace_headers(call.headers, span.headers()))
         started = time.perf_counter()
         try:
             reply = await forward(state, call)
@@ -315,9 +425,9 @@ class ModerationSpans:
             if span is not None:
                 if isinstance(exc, asyncio.CancelledError):
                     # Parallel input check blocked: cancelled on purpose, not an error.
-                    end_span(span, _cancelled)
+                    span.finish(_cancelled)
                 else:
-                    end_span(span, None, exc)
+                    span.finish(None, exc)
             raise
         timing.add("upstream", started, time.perf_counter())
         provider = self._provider(state, call.route.upstream)
@@ -346,7 +456,7 @@ class ModerationSpans:
             # The span lasts as long as the body: UpstreamStream records it at its end.
             reply.stream = UpstreamStream(reply.stream, span, timing, annotate)
         elif span is not None:
-            end_span(span, annotate)
+            span.finish(annotate)
         return reply
 
     @staticmethod

@@ -18,6 +18,7 @@ from opentelemetry.trace import NoOpTracer, Tracer
 
 from proxy.config_schema import GatewayConfig
 from proxy.observability import tracing
+from proxy.observability.late_spans import ReservedIds
 from proxy.observability.logs import Redactor, configure_logging
 from proxy.observability.metrics import GatewayMetrics
 from proxy.upstream_errors import configured_secrets
@@ -91,7 +92,13 @@ def build_observability(
     provider: TracerProvider | None = None
     tracer: Tracer = NoOpTracer()
     if config.tracing.enabled:
-        provider = tracing.setup_tracing(service_name=service_name, span_processor=span_processor)
+        provider = tracing.setup_tracing(
+            service_name=service_name,
+            span_processor=span_processor,
+            # tracing.late_spans (opt-in): spans recorded after the response keep the ids
+            # their traceparent announced (proxy.observability.late_spans).
+            id_generator=ReservedIds() if config.tracing.late_spans else None,
+        )
         tracer = tracing.tracer(provider)
 
     metrics = GatewayMetrics() if config.metrics.enabled else None

@@ -17,6 +17,7 @@ from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import Span, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -107,15 +108,17 @@ def setup_tracing(
     service_name: str = "guardline",
     span_processor: SpanProcessor | None = None,
     console_stream: IO[str] | None = None,
+    id_generator: IdGenerator | None = None,
 ) -> TracerProvider:
     """The SDK's TracerProvider, configured by the SDK from the OTEL_* variables (sampler,
     resource, batch settings, OTLP endpoint and headers: see proxy.observability.otel_env).
 
     Each configured exporter gets a BatchSpanProcessor; `span_processor` is added beside them
-    (tests pass an in-memory one). Raises TracingConfigError at startup for an unknown exporter
-    or an unsupported protocol.
+    (tests pass an in-memory one); `id_generator` replaces the SDK's random one (only for
+    `tracing.late_spans`: proxy.observability.late_spans). Raises TracingConfigError at
+    startup for an unknown exporter or an unsupported protocol.
     """
-    provider = TracerProvider(resource=otel_env.resource(service_name))
+    provider = TracerProvider(resource=otel_env.resource(service_name), id_generator=id_generator)
     if not otel_env.sdk_disabled():
         for exporter in _exporters(console_stream):
             provider.add_span_processor(BatchSpanProcessor(exporter))
