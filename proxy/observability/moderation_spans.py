@@ -104,15 +104,21 @@ def carrier(span: Span) -> dict[str, str]:
     return tracing.inject(set_span_in_context(span))
 
 
-def end_span(span: Span, annotate: Annotate | None, error: BaseException | None = None) -> None:
-    """Annotate (when recording) and end `span` now; `error` marks it failed."""
+def end_span(
+    span: Span,
+    annotate: Annotate | None,
+    error: BaseException | None = None,
+    end_ns: int | None = None,
+) -> None:
+    """Annotate (when recording) and end `span` (at `end_ns`, default now); `error` marks it
+    failed."""
     if span.is_recording():
         if annotate is not None:
             annotate(span)
         if error is not None:
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-    span.end()
+    span.end(end_ns)
 
 
 class ChildSpan(Protocol):
@@ -149,14 +155,7 @@ class _SdkChild:
         error: BaseException | None = None,
         end_ns: int | None = None,
     ) -> None:
-        span = self.span
-        if span.is_recording():
-            if annotate is not None:
-                annotate(span)
-            if error is not None:
-                span.record_exception(error)
-                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-        span.end(end_ns)
+        end_span(self.span, annotate, error, end_ns)
 
 
 class _LateChild:
