@@ -43,7 +43,7 @@ from proxy.audit.writer import AuditWriter
 from proxy.observability import tracing
 from proxy.observability.logs import configure_logging, log_request, register_secrets
 from proxy.observability.metrics import GatewayMetrics
-from proxy.observability.timing import RequestTiming
+from proxy.timing import RequestTiming
 
 PROMPT = "How do I explain the causes of the First World War to a 10-year-old? " * 4
 RESPONSE = "Great question! A long time ago, many countries in Europe had made promises... " * 6
@@ -183,14 +183,18 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="guardline-bench-"))
+    # The SDK reads OTEL_* from the process environment.
     if args.otlp_endpoint:
-        provider = tracing.setup_tracing(env={"OTEL_EXPORTER_OTLP_ENDPOINT": args.otlp_endpoint})
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = args.otlp_endpoint
+        provider = tracing.setup_tracing()
         exporter = None
     else:
         exporter = DiscardExporter()
-        provider = tracing.setup_tracing(env={}, span_processor=BatchSpanProcessor(exporter))
+        provider = tracing.setup_tracing(span_processor=BatchSpanProcessor(exporter))
     tracer = tracing.tracer(provider)
-    disabled = tracing.setup_tracing(env={"OTEL_SDK_DISABLED": "true"})
+    os.environ["OTEL_SDK_DISABLED"] = "true"
+    disabled = tracing.setup_tracing()
+    del os.environ["OTEL_SDK_DISABLED"]
     metrics = GatewayMetrics()
     store = AuditStore(workdir / "audit.sqlite3")
     writer = AuditWriter(store, queue_size=10000, metrics=metrics)

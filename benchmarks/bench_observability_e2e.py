@@ -10,6 +10,8 @@ on the same guard and upstream, identical except for their config's switches:
   on    all three on: spans for every request (no exporter unless OTEL_* says so; `--otlp`
         exports them over OTLP/HTTP to a receiver in this process), Prometheus metrics,
         the SQLite audit trail (two records per request)
+  on-late  as on, with `tracing.late_spans: true` (spans recorded after the response;
+        `--variants off on on-late` compares the two span paths)
 
 Both log one JSON request line per request (logging is not one of the three switches). Each
 request is a full moderation (serial input check, upstream call, output check) with a unique
@@ -25,7 +27,10 @@ and interleaved direct, off, on, direct, off, on... so that all see the same mac
   CPU ms/req        the gateway process's user+system CPU per measured request
 
 Run: .venv/bin/python benchmarks/bench_observability_e2e.py [--requests 400] [--warmup 40]
-     [--guard-ms 5] [--upstream-ms 20] [--otlp]
+     [--guard-ms 5] [--upstream-ms 20] [--otlp] [--compare REV]
+
+`--compare REV` also starts the same variants from commit REV (`on@<rev>`, ...), measured in
+the same rounds: a before/after comparison on the same machine load.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from moderation_client import Series, chat, guard_round_trip, server_timing
-from moderation_procs import ROOT, Child, gateway, guard_double, upstream_double
+from moderation_procs import ROOT, Child, gateway, guard_double, snapshot, upstream_double
 
 PROMPT = "I'm planning a hiking trip in the Alps in late September. What gear should we bring?"
 # Variant name -> the switched-on parts. "off" and "on" are the comparison; the single-part
@@ -62,6 +67,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "metrics": ("metrics",),
     "audit": ("audit",),
     "on": PARTS,
+    # All three on, spans recorded after the response (`tracing.late_spans`, opt-in).
+    "on-late": (*PARTS, "late"),
 }
 
 
@@ -80,7 +87,8 @@ class Variant:
     cpu_ms: float = 0.0
 
 
-def write_config(folder: Path, name: str, guard_url: str, upstream_url: str) -> Path:
+def write_config(folder: Path, label: str, guard_url: str, upstream_url: str) -> Path:
+    name = _variant(label)
     (folder / "audit").mkdir(exist_ok=True)
     policy, passing = folder / "policy.yaml", folder / "pass.yaml"
     for path, enabled in ((policy, True), (passing, False)):
@@ -105,14 +113,29 @@ def write_config(folder: Path, name: str, guard_url: str, upstream_url: str) -> 
             {"name": "pass", "path_prefix": PASS_PREFIX, "upstream": "up", "policy": str(passing)},
             {"name": "bench", "upstream": "up", "policy": str(policy)},
         ],
-        "tracing": {"enabled": "tracing" in parts},
+        "tracing": {
+            "enabled": "tracing" in parts,
+            **({"late_spans": True} if "late" in parts else {}),
+        },
         "metrics": {"enabled": "metrics" in parts},
         # Not in the policy's folder: its watcher would see every audit write as a change.
-        "audit": {"enabled": "audit" in parts, "path": str(folder / "audit" / f"{name}.sqlite3")},
+        "audit": {
+            "enabled": "audit" in parts,
+            "path": str(folder / "audit" / f"{_file(label)}.sqlite3"),
+        },
     }
-    path = folder / f"config-{name}.yaml"
+    path = folder / f"config-{_file(label)}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def _variant(label: str) -> str:
+    """`on@abc1234` (a variant of another commit, `--compare`) -> `on`."""
+    return label.partition("@")[0]
+
+
+def _file(label: str) -> str:
+    return label.replace("@", "-")
 
 
 def _body(i: int) -> bytes:
@@ -144,11 +167,18 @@ def run(args: argparse.Namespace, folder: Path, otlp_url: str | None) -> dict[st
         upstream = stack.enter_context(upstream_double())
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_url} if otlp_url else {}
         gateways: dict[str, Child] = {}
-        variants = args.variants
+        variants = list(args.variants)
+        roots = dict.fromkeys(variants, ROOT)
+        if args.compare:
+            # The same variants from another commit, in the same run: before vs after.
+            code = folder / "compare"
+            revision = snapshot(code, args.compare)
+            roots.update({f"{name}@{revision}": code for name in args.variants})
+            variants = list(roots)
         for name in variants:
             config = write_config(folder, name, guard.url, upstream.url)
-            extra = env if "tracing" in VARIANTS[name] else {}
-            gateways[name] = stack.enter_context(gateway(config, log, env=extra))
+            extra = env if "tracing" in VARIANTS[_variant(name)] else {}
+            gateways[name] = stack.enter_context(gateway(config, log, env=extra, root=roots[name]))
         rtt = guard_round_trip(guard.url, PROMPT, args.requests // 2, args.warmup)
 
         headers = {
@@ -252,6 +282,11 @@ def main() -> int:
     parser.add_argument("--upstream-ms", type=int, default=20)
     parser.add_argument("--otlp", action="store_true", help="export spans to a local receiver")
     parser.add_argument("--log", help="keep the gateways' output in this file")
+    parser.add_argument(
+        "--compare",
+        metavar="REV",
+        help="also run the variants from this commit (a snapshot), side by side in the run",
+    )
     parser.add_argument(
         "--variants", nargs="+", default=["off", "on"], choices=list(VARIANTS), metavar="V"
     )

@@ -21,6 +21,11 @@ block by block.
 
     .venv/bin/python benchmarks/bench_passthrough.py [--requests 4000] [--seconds 4]
     .venv/bin/python benchmarks/bench_passthrough.py --endpoints [--requests 4000]
+    .venv/bin/python benchmarks/bench_passthrough.py --compare REV [--requests 4000]
+
+`--compare REV` starts a second gateway from commit REV (a snapshot) on the same upstream
+double and measures concurrency 1 only, the two gateways taking turns block by block with
+the direct path: a before/after comparison under the same machine load.
 """
 
 from __future__ import annotations
@@ -219,7 +224,7 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> 
 
 
 @contextmanager
-def processes(chunks: int) -> Iterator[tuple[int, int, int]]:
+def processes(chunks: int, compare: str | None = None) -> Iterator[tuple[int, int, int]]:
     dport, gport = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.yaml"
@@ -247,15 +252,77 @@ def processes(chunks: int) -> Iterator[tuple[int, int, int]]:
         gateway = subprocess.Popen(
             [sys.executable, __file__, "--run-gateway", str(config), "--port", str(gport)], env=env
         )
+        others: list[subprocess.Popen[bytes]] = []
+        if compare is not None:
+            # The same gateway from another commit (`--compare`), on the same upstream double.
+            code = Path(tmp) / "compare"
+            sys.path.insert(0, str(HERE))
+            from moderation_procs import snapshot
+
+            snapshot(code, compare)
+            cport = free_port()
+            others.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(code / "benchmarks" / Path(__file__).name),
+                        "--run-gateway",
+                        str(config),
+                        "--port",
+                        str(cport),
+                    ],
+                    env={**os.environ, "PYTHONPATH": str(code)},
+                )
+            )
+            COMPARED.update(port=cport, pid=others[0].pid)
         try:
             wait_port(dport, double)
             wait_port(gport, gateway)
+            for other in others:
+                wait_port(COMPARED["port"], other)
             yield dport, gport, gateway.pid
         finally:
-            for proc in (gateway, double):
+            for proc in (*others, gateway, double):
                 proc.terminate()
-            for proc in (gateway, double):
+            for proc in (*others, gateway, double):
                 proc.wait(timeout=30)
+
+
+# The `--compare` gateway's port and pid, once started.
+COMPARED: dict[str, int] = {}
+
+
+async def bench_compare(args: argparse.Namespace, dport: int, gport: int, gpid: int) -> None:
+    """Concurrency 1, this work tree's gateway and the `--compare` commit's side by side: blocks
+    of 100 requests direct, through one, through the other, in turn."""
+    cport, cpid = COMPARED["port"], COMPARED["pid"]
+    print(f"## concurrency 1, {args.requests} requests per path (ms), work tree vs {args.compare}")
+    print("| request | gateway | added p50 | added p90 | added p99 | gw CPU µs/req |")
+    print("|---|---|---:|---:|---:|---:|")
+    for name, path, body in (
+        ("chat, JSON", "/v1/chat/completions", CHAT),
+        (f"chat, SSE {args.chunks} chunks", "/v1/chat/completions", CHAT_STREAM),
+        ("responses, JSON", "/v1/responses", RESPONSES),
+    ):
+        targets = [(port, request_bytes(port, path, body)) for port in (dport, gport, cport)]
+        conns = [await Conn.open(port) for port, _ in targets]
+        for (port, raw), conn in zip(targets, conns, strict=True):  # warm-up
+            await sequential(port, raw, 200, conn)
+        times: list[list[float]] = [[], [], []]
+        cpu = [0.0, 0.0]
+        for _ in range(args.requests // 100):
+            times[0] += await sequential(targets[0][0], targets[0][1], 100, conns[0])
+            for k, pid in ((1, gpid), (2, cpid)):
+                before = cpu_seconds(pid)
+                times[k] += await sequential(targets[k][0], targets[k][1], 100, conns[k])
+                cpu[k - 1] += cpu_seconds(pid) - before
+        for conn in conns:
+            conn.close()
+        for k, label in ((1, "work tree"), (2, args.compare)):
+            added = [pct(times[k], q) - pct(times[0], q) for q in (0.5, 0.9, 0.99)]
+            cells = " | ".join(f"{a:.3f}" for a in added)
+            us = cpu[k - 1] / len(times[k]) * 1e6
+            print(f"| {name} | {label} | {cells} | {us:.0f} |", flush=True)
 
 
 def run_gateway(config_path: str, port: int) -> None:
@@ -385,6 +452,11 @@ def main() -> None:
     parser.add_argument(
         "--endpoints", action="store_true", help="the other /v1/ endpoints (pass), conc. 1"
     )
+    parser.add_argument(
+        "--compare",
+        metavar="REV",
+        help="concurrency 1 only: also a gateway from this commit, side by side in the run",
+    )
     parser.add_argument("--run-gateway", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -393,8 +465,10 @@ def main() -> None:
         return
     import uvloop
 
-    with processes(args.chunks) as (dport, gport, gpid):
+    with processes(args.chunks, args.compare) as (dport, gport, gpid):
         run = bench_endpoints if args.endpoints else bench
+        if args.compare:
+            run = bench_compare
         uvloop.run(run(args, dport, gport, gpid))
 
 

@@ -28,6 +28,7 @@ from proxy.auth import Authenticator
 from proxy.client_headers import HeaderAllowList
 from proxy.config_schema import GatewayConfig, LiteLLMUpstreamConfig, OpenAIUpstreamConfig
 from proxy.errors import GatewayError, MethodNotAllowed, NotFound
+from proxy.forward import forward_chat
 from proxy.handlers.chat import chat_completions
 from proxy.handlers.completions import create_completion
 from proxy.handlers.health import healthz, readyz
@@ -104,6 +105,7 @@ def build_state(
         authenticator=authenticator,
         router=Router(config.routes, config.upstreams),
         upstreams=build_upstreams(config, byok=authenticator.open, transports=transports),
+        chat_service=forward_chat,
         header_allow_lists=header_allow_lists(config),
         redactor=SecretRedactor(configured_secrets(config)),
         admin=AdminGate(config.server.admin_key),
@@ -185,36 +187,16 @@ def create_app(
         state = build_state(config, transports=transports)
         app.state.gateway = state
         try:
-            checked_engine = engine
-            if moderation:
-                from proxy.limits.spec import LimitTable
+            from proxy.assembly import install_parts
 
-                if LimitTable(config.limits).counts_guard_checks:
-                    # Per-tenant guard-check budgets: the engine counts each request's calls.
-                    from proxy.counted_engine import CountedEngine
-                    from proxy.guards import build_engine
-
-                    checked_engine = CountedEngine(engine or build_engine(config))
-            if obs is not None:
-                state.closers.append(obs.aclose)  # runs last: drains audit, flushes exporters
-            if moderation and obs is not None:
-                from proxy.observability.wiring import install_observed_moderation
-
-                await install_observed_moderation(
-                    state, config, obs, engine=checked_engine, before_scrape=before_scrape
-                )
-            elif moderation:
-                from proxy.moderation.wiring import install_moderation
-
-                await install_moderation(state, config, engine=checked_engine)
-            # Outermost: a request over its tenant's limit costs no guard check.
-            from proxy.limits.service import install_limits
-
-            limiter = install_limits(state, config)
-            if limiter is not None and obs is not None and obs.metrics is not None:
-                from proxy.limits.metrics import register
-
-                register(limiter, obs.metrics.registry)
+            await install_parts(
+                state,
+                config,
+                obs,
+                moderation=moderation,
+                engine=engine,
+                before_scrape=before_scrape,
+            )
             if freeze_gc:
                 # Everything built at start-up lives as long as the process: move it out of
                 # the collector's sight, so that no collection on the request path has to
@@ -228,10 +210,10 @@ def create_app(
     routes = _routes(config)
     middleware = [Middleware(GatewayMiddleware, max_body_bytes=config.server.max_body_bytes)]
     if obs is not None:
-        from proxy.observability import wiring
+        from proxy import assembly
 
-        routes.extend(wiring.routes(obs, before_scrape, AdminGate(config.server.admin_key)))
-        middleware = [*wiring.middleware(obs), *middleware]  # outermost first
+        routes.extend(assembly.routes(obs, before_scrape, AdminGate(config.server.admin_key)))
+        middleware = [*assembly.middleware(obs, config), *middleware]  # outermost first
     app = Starlette(
         routes=routes,
         middleware=middleware,

@@ -177,6 +177,9 @@ class TracingConfig(Strict):
     # Exporters are chosen with the standard OTEL_* variables; this only switches tracing.
     enabled: bool = True
     record_content: bool = False  # prompt/response text in spans
+    # Opt-in: spans recorded after the response (proxy.observability.late_spans), cheaper on
+    # the request path but relying on OpenTelemetry SDK internals (docs/benchmarks.md).
+    late_spans: bool = False
 
 
 class MetricsConfig(Strict):

@@ -10,24 +10,13 @@ paying for a completion nobody reads. One watcher task per request, no task for 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable
 from types import TracebackType
-from typing import Final, TypeVar
+from typing import TypeVar
 
 from starlette.types import Receive
 
 T = TypeVar("T")
-
-# nginx's "client closed request": what logs and metrics record for a request whose client
-# left before any response was sent (a 500 would count the client's choice as our failure).
-CLIENT_CLOSED_STATUS: Final = 499
-# Set in scope["state"] by GatewayMiddleware when the client left before the response began.
-STATE_CLIENT_CLOSED: Final = "client_closed"
-
-
-def unanswered_status(state: Mapping[str, object]) -> int:
-    """The status to record for a request that sent no response start."""
-    return CLIENT_CLOSED_STATUS if state.get(STATE_CLIENT_CLOSED) else 500
 
 
 class ClientDisconnected(Exception):

@@ -7,40 +7,15 @@ calls `forward_chat`, and may inspect or replace the returned `UpstreamReply`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from proxy.config_schema import RouteConfig
+from proxy.chat_call import ChatCall
 from proxy.errors import GatewayError
-from proxy.request_body import ChatBody
 from proxy.upstream_errors import redact_error, sanitize_error_reply
-from proxy.upstreams.reply import RawHeaders, UpstreamReply
+from proxy.upstreams.reply import UpstreamReply
 
 if TYPE_CHECKING:
-    from proxy.apis.base import ApiAdapter
     from proxy.state import GatewayState
-
-
-@dataclass(slots=True)
-class ChatCall:
-    """Everything known about one chat request once it is authenticated and routed."""
-
-    tenant: str | None
-    route: RouteConfig
-    body: ChatBody
-    headers: RawHeaders  # the client's request headers, names lower-case (ASGI)
-    request_id: str
-    # perf_counter() when the request's first byte arrived (the ObservabilityMiddleware's
-    # clock), so that the timing ledger covers body reading, auth and routing too.
-    started: float | None = None
-    # The ASGI scope's per-request state, shared with the middlewares (request log, span).
-    scope_state: dict[str, Any] | None = None
-    # The API shape (proxy.apis): None is chat completions; the Responses API sets its own.
-    api: ApiAdapter | None = None
-
-
-ChatService = Callable[["GatewayState", ChatCall], Awaitable[UpstreamReply]]
 
 
 async def forward_chat(state: GatewayState, call: ChatCall) -> UpstreamReply:

@@ -1,13 +1,15 @@
 """The gateway's outermost ASGI middleware (pure ASGI, no BaseHTTPMiddleware).
 
 Per HTTP request it:
-- assigns a request id, kept in `scope["state"]["request_id"]` and returned as
+- assigns a request id, kept in the request's context (`proxy.context`) and returned as
   `x-guardline-request-id`;
 - enforces `server.max_body_bytes`: a declared Content-Length over the limit is refused before
   any byte is read, and a body sent without one is counted as it arrives (413 either way);
 - renders every failure to the OpenAI error envelope: GatewayError subclasses with their own
   status, anything unexpected as a 500 without details (the traceback goes to the log only),
-  a request the server cancels at its shutdown deadline as a 503 `server_shutting_down`.
+  a request the server cancels at its shutdown deadline as a 503 `server_shutting_down`;
+- once the response is out, runs the work the request deferred until then (metrics, audit
+  records): every app has this middleware, so nothing recorded depends on the others.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import os
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy.disconnect import STATE_CLIENT_CLOSED, ClientDisconnected
+from proxy.context import RequestContext, request_context
+from proxy.disconnect import ClientDisconnected
 from proxy.errors import GatewayError, InternalError, PayloadTooLarge, ShuttingDown
 
 log = logging.getLogger("guardline.proxy")
@@ -64,8 +67,17 @@ class GatewayMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = os.urandom(8).hex()
-        scope.setdefault("state", {})["request_id"] = request_id
+        context = request_context(scope)
+        context.request_id = os.urandom(8).hex()
+        try:
+            await self._serve(scope, receive, send, context)
+        finally:
+            context.run_after_response()
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, context: RequestContext
+    ) -> None:
+        request_id = context.request_id
         rid_header = (REQUEST_ID_HEADER, request_id.encode())
         limit = self.max_body_bytes
         started = False
@@ -105,7 +117,7 @@ class GatewayMiddleware:
             # Nobody is listening; the upstream call was already cancelled. The outer
             # middlewares record the request as 499, not as a failure of ours.
             if not started:
-                scope["state"][STATE_CLIENT_CLOSED] = True
+                context.client_closed = True
             return
         except asyncio.CancelledError:
             # The server cancelled the request (graceful-shutdown deadline); a client that left

@@ -18,14 +18,18 @@ from starlette.requests import HTTPConnection
 from proxy.admin import AdminGate
 from proxy.auth import Authenticator
 from proxy.background import BackgroundTasks
+from proxy.chat_call import ChatCall
 from proxy.client_headers import HeaderAllowList
 from proxy.config_schema import GatewayConfig
-from proxy.forward import ChatService, forward_chat
 from proxy.routing import Router
 from proxy.upstream_errors import SecretRedactor
-from proxy.upstreams.reply import ChatUpstream
+from proxy.upstreams.reply import ChatUpstream, UpstreamReply
 
 log = logging.getLogger("guardline.state")
+
+# The chat service: one routed chat request -> the upstream's reply. `proxy.forward.forward_chat`
+# (the upstream call itself) unless something (the moderation pipeline, the limits) wraps it.
+ChatService = Callable[["GatewayState", ChatCall], Awaitable[UpstreamReply]]
 
 # A readiness probe answers (ready, detail); `detail` is merged into /readyz's `checks`.
 ReadinessProbe = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
@@ -37,7 +41,7 @@ class GatewayState:
     authenticator: Authenticator
     router: Router
     upstreams: dict[str, ChatUpstream]
-    chat_service: ChatService = forward_chat
+    chat_service: ChatService
     # Route name -> the client headers its upstream may receive; only routes whose upstream
     # is called with the operator's key are listed (the others forward the client's headers).
     header_allow_lists: dict[str, HeaderAllowList] = field(default_factory=dict)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ from guard_engine.policy.compiled import (
 )
 from guard_engine.taxonomy import DEFAULT_CATEGORIES
 from guard_engine.types import Verdict
+
+# The `otel_env` fixture (tests/conftest.py): sets OTEL_* variables for one test.
+OtelEnv = Callable[[Mapping[str, str]], None]
 
 
 def make_policy(**overrides: Any) -> CompiledPolicy:

@@ -29,7 +29,13 @@ from typing import Any
 
 import orjson
 
-from proxy.apis.responses import blocked, event, message_events, refusal_item
+from proxy.apis.responses_blocks import (
+    blocked,
+    event,
+    message_events,
+    refusal_item,
+    strip_output_reasoning,
+)
 from proxy.apis.responses_text import OutputText, apply_item
 from proxy.sse import SSEEvent, SSEParser
 from proxy.streaming.chunks import parse_chunk
@@ -233,8 +239,6 @@ class ResponsesStreamText:
                 changed = True
         response = data.get("response")
         if isinstance(response, dict):
-            from proxy.apis.responses import strip_output_reasoning
-
             changed = strip_output_reasoning(response) or changed
         return changed
 

@@ -1,5 +1,6 @@
 """Audit records as OpenTelemetry log records (`audit.otel_logs: true`): a LoggerProvider
-configured from the standard OTEL_* variables of the logs signal.
+configured from the standard OTEL_* variables of the logs signal (the SDK reads most of them
+itself: see proxy.observability.otel_env).
 
 OTEL_LOGS_EXPORTER (otlp | console | none; unset: otlp when an OTLP endpoint is set),
 OTEL_EXPORTER_OTLP(_LOGS)_ENDPOINT / _PROTOCOL / _HEADERS / _TIMEOUT / _COMPRESSION,
@@ -12,9 +13,7 @@ The logs SDK is still `_logs` (unstable) in opentelemetry-python; this module an
 
 from __future__ import annotations
 
-import os
 import sys
-from collections.abc import Mapping
 from typing import IO, Final
 
 from opentelemetry._logs import Logger
@@ -25,7 +24,7 @@ from opentelemetry.sdk._logs.export import (
     LogRecordExporter,
 )
 
-from proxy.observability import otlp
+from proxy.observability import otel_env
 
 AUDIT_LOGGER_NAME: Final = "guardline.audit"
 
@@ -33,18 +32,16 @@ AUDIT_LOGGER_NAME: Final = "guardline.audit"
 def setup_audit_logs(
     *,
     service_name: str = "guardline",
-    env: Mapping[str, str] | None = None,
     processor: LogRecordProcessor | None = None,
     console_stream: IO[str] | None = None,
 ) -> LoggerProvider:
     """A LoggerProvider for audit records (`processor` is added beside the configured
     exporters; tests pass an in-memory one). Raises OtelConfigError for unsupported settings."""
-    env = os.environ if env is None else env
-    provider = LoggerProvider(resource=otlp.resource(service_name, env))
-    if not otlp.sdk_disabled(env):
-        for name in otlp.exporter_names(env, "logs"):
+    provider = LoggerProvider(resource=otel_env.resource(service_name))
+    if not otel_env.sdk_disabled():
+        for name in otel_env.exporter_names("logs"):
             exporter = (
-                _otlp_exporter(otlp.otlp_settings(env, "logs"))
+                _otlp_exporter()
                 if name == "otlp"
                 else ConsoleLogRecordExporter(out=console_stream or sys.stdout)
             )
@@ -59,24 +56,18 @@ def audit_logger(provider: LoggerProvider) -> Logger:
     return provider.get_logger(AUDIT_LOGGER_NAME)
 
 
-def _otlp_exporter(settings: otlp.OtlpSettings) -> LogRecordExporter:
-    if settings.protocol == "grpc":
+def _otlp_exporter() -> LogRecordExporter:
+    """The OTLP exporter of the configured protocol; it reads its endpoint, headers, timeout
+    and compression from the OTEL_EXPORTER_OTLP_* variables itself."""
+    if otel_env.otlp_protocol("logs") == "grpc":
         try:
             from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (  # type: ignore[import-not-found,unused-ignore]
                 OTLPLogExporter as GrpcExporter,
             )
         except ImportError as exc:
-            raise otlp.grpc_missing(exc) from exc
-        exporter: LogRecordExporter = GrpcExporter(
-            endpoint=settings.endpoint, headers=settings.headers, timeout=settings.timeout_s
-        )
+            raise otel_env.grpc_missing(exc) from exc
+        exporter: LogRecordExporter = GrpcExporter()
         return exporter
-    from opentelemetry.exporter.otlp.proto.http import Compression
     from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 
-    return OTLPLogExporter(
-        endpoint=settings.endpoint,
-        headers=settings.headers,
-        timeout=settings.timeout_s,
-        compression=Compression(settings.compression),
-    )
+    return OTLPLogExporter()

@@ -21,6 +21,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 
+from proxy.audit.errors import AuditStoreUnavailable
 from proxy.audit.filters import POSTGRES, where_clause
 from proxy.audit.migrations import (
     LATEST_VERSION,
@@ -31,7 +32,6 @@ from proxy.audit.migrations import (
     pending,
 )
 from proxy.audit.record import AuditRecord
-from proxy.audit.storage import AuditStoreUnavailable
 from proxy.audit.store import COLUMNS
 
 T = TypeVar("T")

@@ -12,14 +12,12 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Final, Protocol
 
+from proxy.audit.errors import AuditStoreUnavailable
 from proxy.audit.record import AuditRecord
 
+__all__ = ["AuditStorage", "AuditStoreUnavailable", "is_postgres_url", "open_audit_store"]
+
 POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://")
-
-
-class AuditStoreUnavailable(Exception):
-    """The store cannot be reached right now (a database down or restarting). Transient:
-    the writer keeps the batch and tries again later; readers report it and stop."""
 
 
 class AuditStorage(Protocol):

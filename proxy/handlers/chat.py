@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import Response
 
+from proxy.chat_call import ChatCall
+from proxy.context import request_context
 from proxy.disconnect import until_disconnect
-from proxy.forward import ChatCall
-from proxy.observability.asgi import STATE_ROUTE, STATE_TENANT, request_start
 from proxy.relay import ReplyResponse
 from proxy.request_body import ChatBody, parse_chat_body
 from proxy.state import get_state
@@ -32,21 +32,19 @@ async def serve(
     the chat service, relay."""
     state = get_state(request)
     tenant = state.authenticator.authenticate(request.headers.get("authorization"))
-    scope_state = request.scope["state"]
-    if tenant is not None:  # for the SERVER span, the request metrics and the request log
-        scope_state[STATE_TENANT] = tenant
+    context = request_context(request.scope)
+    context.tenant = tenant  # for the SERVER span, the request metrics and the request log
     prefix, _ = state.router.split_path(request.scope["path"])
     body = parse(await request.body())
     route = state.router.match(prefix, tenant, body.model)
-    scope_state[STATE_ROUTE] = route.name
+    context.route = route.name
     call = ChatCall(
         tenant=tenant,
         route=route,
         body=body,
         headers=request.scope["headers"],
-        request_id=scope_state["request_id"],
-        started=request_start(request.scope),
-        scope_state=scope_state,
+        request_id=context.request_id,
+        context=context,
         api=api,
     )
     reply = await until_disconnect(state.chat_service(state, call), request.receive)

@@ -6,10 +6,10 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from proxy.context import request_context
 from proxy.errors import InvalidField, InvalidJSON, NotFound
 from proxy.moderation.headers import Decisions
 from proxy.moderation.moderations import moderate
-from proxy.observability.asgi import STATE_ROUTE, STATE_TENANT
 from proxy.state import get_state
 
 
@@ -34,10 +34,8 @@ async def create_moderation(request: Request) -> Response:
     # The moderation model names the guard, not a chat model: routes match on path and tenant.
     route = state.router.match(prefix, tenant, None)
     # For the request log, the request metrics and the SERVER span, as chat requests do.
-    scope_state = request.scope["state"]
-    scope_state[STATE_ROUTE] = route.name
-    if tenant is not None:
-        scope_state[STATE_TENANT] = tenant
+    context = request_context(request.scope)
+    context.route, context.tenant = route.name, tenant
     policy = state.moderation.policies.get(route.policy)
     body, stages = await moderate(
         state.moderation, policy, data["input"], max_inputs=state.config.moderations.max_inputs

@@ -34,7 +34,9 @@ from starlette.types import Receive, Scope, Send
 
 from guard_engine.policy.compiled import CompiledPolicy
 from guard_engine.types import GuardRequest
+from proxy.chat_call import ChatCall
 from proxy.config_schema import OpenAIUpstreamConfig
+from proxy.context import ModerationSummary, request_context
 from proxy.disconnect import CancelOnDisconnect, ClientDisconnected, until_disconnect
 from proxy.endpoints import CHECKABLE, rule_for
 from proxy.errors import (
@@ -47,19 +49,20 @@ from proxy.errors import (
     MethodNotAllowed,
     NotFound,
 )
-from proxy.forward import ChatCall
 from proxy.moderation.blocks import input_violation
 from proxy.moderation.decide import StageResult, skipped
 from proxy.moderation.headers import Decisions
-from proxy.moderation.spans import CallTiming, ModerationSpans, with_trace_headers
 from proxy.observability import tracing
-from proxy.observability.after_response import after_response
-from proxy.observability.asgi import STATE_ROUTE, STATE_TENANT, request_start
-from proxy.observability.late_spans import LateSpan, Parent
-from proxy.observability.request_log import STATE_MODERATION, ModerationSummary
-from proxy.observability.timing import RequestTiming
+from proxy.observability.moderation_spans import (
+    ModerationSpans,
+    carrier,
+    end_span,
+    start_child,
+    with_trace_headers,
+)
 from proxy.request_body import ChatBody
 from proxy.state import get_state
+from proxy.timing import RequestTiming
 from proxy.upstreams.openai_upstream import OpenAIUpstream
 from proxy.upstreams.passthrough import RelayedResponse, relay, request_headers, upstream_url
 from proxy.upstreams.reply import RawHeaders
@@ -87,9 +90,8 @@ async def passthrough(request: Request) -> Response:
         raise MethodNotAllowed(f"Method HEAD is not allowed for {scope['path']}.")
     state = get_state(request)
     tenant = state.authenticator.authenticate(request.headers.get("authorization"))
-    scope_state = scope["state"]
-    if tenant is not None:
-        scope_state[STATE_TENANT] = tenant
+    context = request_context(scope)
+    context.tenant = tenant
     prefix, path = state.router.split_path(scope["path"])
 
     field = CHECKABLE.get(path) if method == "POST" else None
@@ -102,7 +104,7 @@ async def passthrough(request: Request) -> Response:
         candidate = data.get("model") if data is not None else None
         model = candidate if isinstance(candidate, str) else None
     route = state.router.match(prefix, tenant, model)
-    scope_state[STATE_ROUTE] = route.name
+    context.route = route.name
     route_header = {ROUTE_HEADER.decode(): route.name}
     rule = rule_for(route.endpoints, path)
     if rule == "deny":
@@ -129,7 +131,7 @@ async def passthrough(request: Request) -> Response:
         # Only reachable with an unvalidated config: what cannot be checked is not relayed.
         raise EndpointNotAllowed(f"{method} {path} cannot be checked.", headers=route_header)
 
-    timing = CallTiming(request_start(scope), scope_state)
+    timing = RequestTiming(context.start)
     pipeline = state.moderation
     policy: CompiledPolicy | None = None
     decisions: Decisions | None = None
@@ -167,9 +169,8 @@ async def passthrough(request: Request) -> Response:
             route=route,
             body=ChatBody(raw, data, model or "", [], False, False),
             headers=scope["headers"],
-            request_id=scope_state["request_id"],
-            started=timing.start,
-            scope_state=scope_state,
+            request_id=context.request_id,
+            context=context,
         )
         if decisions.policy.input.parallel and decisions.policy.input.enabled:
             # As for chat: the upstream works while the guard decides; nothing of its answer
@@ -201,7 +202,7 @@ async def passthrough(request: Request) -> Response:
     if decisions is not None:
         extra.extend(_labelled(decisions, timing.server_timing()))
         if decisions.input is None:  # checked requests have the pipeline's summary
-            scope_state[STATE_MODERATION] = _unchecked_summary(decisions.policy, timing)
+            context.moderation = _unchecked_summary(decisions.policy, timing)
     else:
         extra.append((b"x-guardline-input", UNCHECKED.encode()))
     return PassthroughResponse(relayed, extra, timing)
@@ -393,8 +394,8 @@ async def _check(
     try:
         results = await asyncio.gather(
             *(
-                spans.judge(
-                    "guard.input",
+                spans.check(
+                    "input",
                     pipeline.engine,
                     GuardRequest(prompt=text),
                     policy,
@@ -499,11 +500,9 @@ async def _send(
     With a known length the first body chunk is read too: a small answer is then complete
     before the response starts, and goes out without a disconnect watcher of its own."""
     headers = request_headers(upstream, client_headers)
-    parent = Parent.current() if tracer is not None else None
-    span = None
-    if tracer is not None and parent is not None:
-        span = LateSpan.start(tracer, tracing.SPAN_UPSTREAM, parent, SpanKind.CLIENT)
-        headers = with_trace_headers(headers, span.carrier())
+    span = start_child(tracer, tracing.SPAN_UPSTREAM, SpanKind.CLIENT) if tracer else None
+    if span is not None:
+        headers = with_trace_headers(headers, carrier(span))
     started = time.perf_counter()
     try:
         relayed = await relay(
@@ -512,9 +511,7 @@ async def _send(
     except BaseException as exc:
         timing.add("upstream", started, time.perf_counter())
         if span is not None:
-            span.fail(exc)
-            span.end()
-            after_response(_state(timing), lambda: span.record(None))
+            end_span(span, None, exc)
         raise
     timing.add("upstream", started, time.perf_counter())
     if span is not None:
@@ -527,8 +524,7 @@ async def _send(
             otel_span.set_attribute("http.response.status_code", status)
 
         def ended() -> None:  # the span covers the whole body, like chat's
-            span.end()
-            after_response(_state(timing), lambda: span.record(annotate))
+            end_span(span, annotate)
 
         relayed.on_end = ended
     if relayed.length:
@@ -540,10 +536,6 @@ async def _send(
         finally:
             timing.add("upstream", started, time.perf_counter())
     return relayed
-
-
-def _state(timing: RequestTiming) -> dict[str, Any] | None:
-    return timing.state if isinstance(timing, CallTiming) else None
 
 
 class PassthroughResponse(Response):

@@ -16,13 +16,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from proxy.chat_call import ChatCall
 from proxy.config_schema import GatewayConfig, LimitsConfig
 from proxy.errors import GatewayError, RateLimited
-from proxy.forward import ChatCall, ChatService
 from proxy.limits.checks import RequestChecks, current_checks
 from proxy.limits.spec import LimitTable, ScopeLimits
 from proxy.limits.store import Decision, LimitStore, LocalStore, RedisStore, Scope
 from proxy.limits.usage import StreamUsage, body_tokens
+from proxy.state import ChatService
 from proxy.upstreams.reply import RawHeaders, UpstreamReply
 
 if TYPE_CHECKING:

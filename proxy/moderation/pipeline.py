@@ -21,7 +21,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import orjson
-from opentelemetry.trace import NoOpTracer, Tracer
 
 from guard_engine.engine import GuardEngine
 from guard_engine.errors import GuardError
@@ -32,26 +31,23 @@ from guard_engine.types import GuardRequest, Stage, Verdict
 from proxy.apis.base import ApiAdapter
 from proxy.apis.chat import CHAT
 from proxy.background import BackgroundTasks
+from proxy.chat_call import ChatCall
 from proxy.errors import GatewayError, UpstreamError
-from proxy.forward import ChatCall, ChatService, forward_chat
+from proxy.forward import forward_chat
 from proxy.moderation.blocks import input_violation
 from proxy.moderation.decide import StageResult, skipped
 from proxy.moderation.headers import Decisions
 from proxy.moderation.inputs import prepare_input
+from proxy.moderation.observer import Check, Finished, ModerationObserver
 from proxy.moderation.shadow import ShadowHook, ShadowRunner
-from proxy.moderation.spans import ModerationSpans
 from proxy.moderation.stream_decision import stream_result, unchecked_verdict
-from proxy.observability.timing import Kind, RequestTiming
-from proxy.observability.tracing import SPAN_GUARD_HOLDBACK
 from proxy.streaming.holdback import moderate_stream
 from proxy.streaming.outcome import StreamOutcome
+from proxy.timing import Kind, RequestTiming
 from proxy.upstreams.reply import UpstreamReply
 
 if TYPE_CHECKING:
-    from proxy.state import GatewayState
-
-# Called once per request when moderation is complete (for a stream: when it ended).
-Finished = Callable[[ChatCall, Decisions, RequestTiming, StreamOutcome | None], None]
+    from proxy.state import ChatService, GatewayState
 
 
 class ModerationPipeline:
@@ -61,20 +57,18 @@ class ModerationPipeline:
         engine: GuardEngine,
         policies: PolicyStore,
         fetcher: ImageFetcher | None = None,
+        observer: ModerationObserver,
         forward: ChatService = forward_chat,
-        tracer: Tracer | None = None,
         on_finished: Finished | None = None,
         on_shadow: ShadowHook | None = None,
-        record_content: bool = False,
         background: BackgroundTasks | None = None,
     ) -> None:
         self.engine = engine
         self.policies = policies
         self.fetcher = fetcher
         self._forward = forward
-        self._tracer = tracer or NoOpTracer()
-        # Guard and upstream spans, trace context to the guard and the upstream, timing.
-        self._spans = ModerationSpans(self._tracer, record_content=record_content)
+        # Around each guard check and the upstream call: spans, trace context, timing.
+        self._observer = observer
         self._on_finished = on_finished
         # Work that outlives its request: shadow checks, monitor-mode settling. The gateway
         # passes its state's registry, which shutdown drains before the engine closes.
@@ -82,7 +76,7 @@ class ModerationPipeline:
         self.shadows = ShadowRunner(engine, policies, self.background, on_shadow)
 
     async def __call__(self, state: GatewayState, call: ChatCall) -> UpstreamReply:
-        timing = self._spans.timing(call)  # knows the request's state: span work after it
+        timing = self._observer.timing(call)
         policy = self.policies.get(call.route.policy)
         decisions = Decisions(policy=policy)
         try:
@@ -139,7 +133,7 @@ class ModerationPipeline:
     async def _call_upstream(
         self, state: GatewayState, call: ChatCall, timing: RequestTiming
     ) -> UpstreamReply:
-        return await self._spans.upstream(self._forward, state, call, timing)
+        return await self._observer.upstream(self._forward, state, call, timing)
 
     async def _judge(
         self,
@@ -148,14 +142,14 @@ class ModerationPipeline:
         policy: CompiledPolicy,
         timing: RequestTiming,
         *,
-        span: str | None = None,
+        window: bool = False,
         index: int | None = None,
         upstream_started: bool = False,
     ) -> StageResult:
         kind: Kind = "guard-input" if stage == "input" else "guard-output"
-        name = span or f"guard.{stage}"
-        return await self._spans.judge(
-            name,
+        check: Check = "output.window" if window else stage
+        return await self._observer.check(
+            check,
             self.engine,
             request,
             policy,
@@ -215,7 +209,7 @@ class ModerationPipeline:
         decisions.output_label = policy.output.stream
         reply.headers.extend(decisions.headers(timing.server_timing()))
         upstream_stream = reply.stream
-        self._spans.defer_stream_end(upstream_stream)  # ended with the stream's usage
+        self._observer.defer_stream_end(upstream_stream)  # ended with the stream's usage
         check = self._stream_check(policy, prompt, timing, decisions)
         moderated = moderate_stream(
             reply.stream,
@@ -300,7 +294,7 @@ class ModerationPipeline:
             request = replace(prompt, response=text)
             decisions.stream_asked = request
             result = await self._judge(
-                "output", request, policy, timing, span=SPAN_GUARD_HOLDBACK, index=next(windows)
+                "output", request, policy, timing, window=True, index=next(windows)
             )
             verdict = result.verdict
             if verdict is None:  # on_guard_error: open
@@ -326,7 +320,7 @@ class ModerationPipeline:
         finally:
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
-            self._spans.stream_done(upstream, outcome)
+            self._observer.stream_done(upstream, outcome)
             timing.finish()
             if outcome.background is None:
                 self._stream_done(call, decisions, timing, outcome)

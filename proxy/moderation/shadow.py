@@ -16,8 +16,8 @@ from guard_engine.policy.compiled import CompiledPolicy
 from guard_engine.policy.store import PolicyStore
 from guard_engine.types import GuardRequest
 from proxy.background import BackgroundTasks
+from proxy.chat_call import ChatCall
 from proxy.errors import GatewayError
-from proxy.forward import ChatCall
 from proxy.moderation.decide import StageResult, judge
 
 # Called for every shadow decision: (call, enforced policy, shadow policy, enforced, shadow).

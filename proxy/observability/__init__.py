@@ -1,7 +1,9 @@
-"""Observability building blocks: tracing (OpenTelemetry), metrics (Prometheus), the per-request
-timing ledger behind Server-Timing and the overhead metric, redacted JSON logs, and the ASGI
-middleware that opens the SERVER span.
+"""Observability building blocks: tracing (the OpenTelemetry SDK, configured from OTEL_*),
+metrics (Prometheus), redacted JSON logs, the ASGI middlewares (SERVER span and request
+metrics; the request log line), and the observers of the moderation pipeline (its spans and
+its report).
 
-Import the submodules directly (`.tracing`, `.metrics`, `.timing`, `.logs`, `.asgi`; `.otlp`
-reads the OTEL_* variables); none installs global providers or registries on import.
+Import the submodules directly (`.tracing`, `.otel_env`, `.metrics`, `.logs`, `.asgi`,
+`.request_log`, `.moderation_spans`, `.moderation_report`); none installs global providers
+or registries on import.
 """

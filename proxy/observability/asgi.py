@@ -1,12 +1,12 @@
 """Pure ASGI middleware for the per-request observability that wraps everything else: the SERVER
-span (continuing the client's traceparent), the request count/latency metrics, and the request's
-start time for the timing ledger.
+span (continuing the client's traceparent) and the request count/latency metrics.
 
-Put it outermost, so that its clock starts before body reading, authentication and routing:
-the pipeline then builds `RequestTiming(start=request_start(scope))` and the overhead it
-reports covers the whole request, as a client measures it. Handlers name the matched route and
-tenant in `scope["state"]` (`route`, `tenant`) for the span and the metric labels; the
-request id that GatewayMiddleware puts there (`request_id`) goes on the span too.
+Put it outermost, so that the request's context (`proxy.context`) is created here and its
+clock starts before body reading, authentication and routing: the pipeline's timing ledger
+starts at `context.start` and the overhead it reports covers the whole request, as a client
+measures it. Handlers name the matched route and tenant in the context for the span and the
+metric labels; the request id and, for a moderated request, its `ModerationSummary` go on the
+span too.
 """
 
 from __future__ import annotations
@@ -17,21 +17,11 @@ from typing import Final
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, use_span
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy.disconnect import unanswered_status
+from proxy.context import ModerationSummary, RequestContext, request_context
 from proxy.observability import tracing
 from proxy.observability.metrics import GatewayMetrics
 
-STATE_START: Final = "request_start"  # perf_counter() at the first byte of the request
-STATE_ROUTE: Final = "route"
-STATE_TENANT: Final = "tenant"
-STATE_REQUEST_ID: Final = "request_id"  # set by proxy.middleware.GatewayMiddleware
 UNMATCHED_ROUTE: Final = "unmatched"
-
-
-def request_start(scope: Scope) -> float | None:
-    """When the middleware saw the request (perf_counter seconds), if it ran."""
-    value = scope.get("state", {}).get(STATE_START)
-    return value if isinstance(value, float) else None
 
 
 class ObservabilityMiddleware:
@@ -48,9 +38,7 @@ class ObservabilityMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
-        state = scope.setdefault("state", {})
-        state[STATE_START] = started
+        context = request_context(scope)
         status = 0  # no response start yet: see unanswered_status below
 
         async def send_wrapper(message: Message) -> None:
@@ -63,7 +51,7 @@ class ObservabilityMiddleware:
             try:
                 await self.app(scope, receive, send_wrapper)
             finally:
-                self._observe(state, status or unanswered_status(state), started)
+                self._observe(context, status or context.unanswered_status())
             return
 
         carrier = {
@@ -82,34 +70,47 @@ class ObservabilityMiddleware:
             with use_span(span, end_on_exit=False, record_exception=True):
                 await self.app(scope, receive, send_wrapper)
         finally:
-            status = status or unanswered_status(state)
-            self._finish_span(span, method, state, status)
-            self._observe(state, status, started)
+            status = status or context.unanswered_status()
+            self._finish_span(span, method, context, status)
+            self._observe(context, status)
 
-    def _finish_span(self, span: Span, method: str, state: dict[str, object], status: int) -> None:
+    def _finish_span(self, span: Span, method: str, context: RequestContext, status: int) -> None:
         if span.is_recording():
-            if status == 404 and STATE_ROUTE not in state:
+            if status == 404 and context.route is None:
                 # Unknown paths would make one span name per path: name the method only.
                 span.update_name(method)
             span.set_attribute("http.response.status_code", status)
-            for key, attribute in (
-                (STATE_ROUTE, tracing.ATTR_ROUTE),
-                (STATE_TENANT, tracing.ATTR_TENANT),
-                (STATE_REQUEST_ID, tracing.ATTR_REQUEST_ID),
+            for attribute, value in (
+                (tracing.ATTR_ROUTE, context.route),
+                (tracing.ATTR_TENANT, context.tenant),
+                (tracing.ATTR_REQUEST_ID, context.request_id or None),
             ):
-                value = state.get(key)
-                if isinstance(value, str):
+                if value is not None:
                     span.set_attribute(attribute, value)
+            if context.moderation is not None:
+                _annotate_moderation(span, context.moderation)
             if status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
         span.end()
 
-    def _observe(self, state: dict[str, object], status: int, started: float) -> None:
+    def _observe(self, context: RequestContext, status: int) -> None:
         if self.metrics is None:
             return
-        route = state.get(STATE_ROUTE)
         self.metrics.observe_request(
-            route if isinstance(route, str) else UNMATCHED_ROUTE,
-            status,
-            time.perf_counter() - started,
+            context.route or UNMATCHED_ROUTE, status, time.perf_counter() - context.start
         )
+
+
+def _annotate_moderation(span: Span, summary: ModerationSummary) -> None:
+    """The request-level moderation attributes of the SERVER span."""
+    span.set_attributes(
+        {
+            tracing.ATTR_POLICY: summary.policy,
+            tracing.ATTR_POLICY_HASH: summary.policy.rpartition("@")[2],
+            tracing.ATTR_VERDICT: summary.verdict,
+            tracing.ATTR_CATEGORIES: list(summary.categories),
+            tracing.ATTR_DEGRADED: bool(summary.degraded),
+            "guardline.input.verdict": summary.input,
+            "guardline.output.verdict": summary.output,
+        }
+    )

@@ -19,7 +19,7 @@ import structlog
 from opentelemetry import trace
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from proxy.observability.timing import RequestTiming
+from proxy.timing import RequestTiming
 
 REDACTED: Final = "[REDACTED]"
 # Keys whose values are always secret, whatever they look like (compared lower-cased).

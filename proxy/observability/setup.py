@@ -9,8 +9,7 @@ stops them in the right order. Switched-off parts are None (the tracer is a no-o
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
@@ -81,31 +80,28 @@ def config_secrets(config: GatewayConfig) -> Iterator[str]:
 def build_observability(
     config: GatewayConfig,
     *,
-    env: Mapping[str, str] | None = None,
     log_stream: TextIO | None = None,
     service_name: str = "guardline",
     span_processor: SpanProcessor | None = None,
 ) -> Observability:
-    """Configure logging, tracing, metrics and audit from `config` and the OTEL_* `env`.
+    """Configure logging, tracing, metrics and audit from `config` and the OTEL_* variables.
 
     `span_processor` is added beside the configured exporters (tests: an in-memory one)."""
-    env = os.environ if env is None else env
     # httpx logs every guard call at INFO: the gateway's own line per request says it all.
     redactor = configure_logging(
         config.logging.level, stream=log_stream, quiet_libraries=config.logging.level != "debug"
     )
-    redactor.register([*config_secrets(config), *tracing.exporter_secrets(env)])
+    redactor.register([*config_secrets(config), *tracing.exporter_secrets()])
 
     provider: TracerProvider | None = None
     tracer: Tracer = NoOpTracer()
     if config.tracing.enabled:
-        # Child spans are recorded after the response with the ids their traceparent carried
-        # (proxy.observability.late_spans).
         provider = tracing.setup_tracing(
             service_name=service_name,
-            env=env,
             span_processor=span_processor,
-            id_generator=ReservedIds(),
+            # tracing.late_spans (opt-in): spans recorded after the response keep the ids
+            # their traceparent announced (proxy.observability.late_spans).
+            id_generator=ReservedIds() if config.tracing.late_spans else None,
         )
         tracer = tracing.tracer(provider)
 
@@ -121,7 +117,7 @@ def build_observability(
         if config.audit.otel_logs:
             from proxy.audit.otel_logs import audit_logger, setup_audit_logs
 
-            log_provider = setup_audit_logs(service_name=service_name, env=env)
+            log_provider = setup_audit_logs(service_name=service_name)
             otel_logger = audit_logger(log_provider)
         # audit.url (PostgreSQL, shared by replicas) when set, else the audit.path SQLite file.
         store = open_audit_store(config.audit.url or config.audit.path, readonly=False)

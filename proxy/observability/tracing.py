@@ -1,5 +1,5 @@
-"""OpenTelemetry tracing for the gateway: provider set-up from OTEL_* variables, W3C propagation,
-and the attribute names every span uses.
+"""OpenTelemetry tracing for the gateway: the SDK's provider (which configures itself from the
+OTEL_* variables), W3C propagation, and the attribute names every span uses.
 
 The provider is returned, never installed globally: the app owns it (lifespan) and passes the
 tracer to whoever makes spans. Export always goes through a BatchSpanProcessor so that a slow or
@@ -18,18 +18,11 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
-from opentelemetry.sdk.trace.sampling import (
-    ALWAYS_OFF,
-    ALWAYS_ON,
-    ParentBased,
-    Sampler,
-    TraceIdRatioBased,
-)
 from opentelemetry.trace import Span, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from guard_engine.types import Verdict
-from proxy.observability import otlp
+from proxy.observability import otel_env
 
 __all__ = [
     "ATTR_CACHE_HIT",
@@ -107,58 +100,36 @@ GEN_AI_SYSTEM: Final = "gen_ai.system"  # deprecated alias of gen_ai.provider.na
 
 
 # The OTEL_* configuration error (kept under this name for callers of setup_tracing).
-TracingConfigError = otlp.OtelConfigError
+TracingConfigError = otel_env.OtelConfigError
 
 
 def setup_tracing(
     *,
     service_name: str = "guardline",
-    env: Mapping[str, str] | None = None,
     span_processor: SpanProcessor | None = None,
     console_stream: IO[str] | None = None,
     id_generator: IdGenerator | None = None,
 ) -> TracerProvider:
-    """Build a TracerProvider from the standard OTEL_* variables (`env`, default os.environ).
+    """The SDK's TracerProvider, configured by the SDK from the OTEL_* variables (sampler,
+    resource, batch settings, OTLP endpoint and headers: see proxy.observability.otel_env).
 
-    `span_processor` is added beside the configured exporters (tests pass an in-memory one);
-    `id_generator` replaces the SDK's random one (see proxy.observability.late_spans).
-    Raises TracingConfigError at startup for an unknown exporter or an unsupported protocol.
+    Each configured exporter gets a BatchSpanProcessor; `span_processor` is added beside them
+    (tests pass an in-memory one); `id_generator` replaces the SDK's random one (only for
+    `tracing.late_spans`: proxy.observability.late_spans). Raises TracingConfigError at
+    startup for an unknown exporter or an unsupported protocol.
     """
-    if env is None:
-        import os
-
-        env = os.environ
-    resource = otlp.resource(service_name, env)
-    if otlp.sdk_disabled(env):
-        # Spans become non-recording (cheap) but trace context still flows to the upstream.
-        provider = TracerProvider(sampler=ALWAYS_OFF, resource=resource, id_generator=id_generator)
-        if span_processor is not None:
-            provider.add_span_processor(span_processor)
-        return provider
-    provider = TracerProvider(sampler=_sampler(env), resource=resource, id_generator=id_generator)
-    for exporter in _exporters(env, console_stream):
-        batch = _batch_settings(env)
-        provider.add_span_processor(
-            BatchSpanProcessor(
-                exporter,
-                max_queue_size=batch.get("max_queue_size"),
-                schedule_delay_millis=batch.get("schedule_delay_millis"),
-                max_export_batch_size=batch.get("max_export_batch_size"),
-                export_timeout_millis=batch.get("export_timeout_millis"),
-            )
-        )
+    provider = TracerProvider(resource=otel_env.resource(service_name), id_generator=id_generator)
+    if not otel_env.sdk_disabled():
+        for exporter in _exporters(console_stream):
+            provider.add_span_processor(BatchSpanProcessor(exporter))
     if span_processor is not None:
         provider.add_span_processor(span_processor)
     return provider
 
 
-def exporter_secrets(env: Mapping[str, str] | None = None) -> list[str]:
+def exporter_secrets() -> list[str]:
     """The OTLP header values (collector API keys), for `register_secrets` at startup."""
-    if env is None:
-        import os
-
-        env = os.environ
-    return otlp.header_values(env)
+    return otel_env.header_values()
 
 
 def tracer(provider: trace.TracerProvider) -> Tracer:
@@ -268,73 +239,26 @@ def set_upstream_attributes(
 # --- OTEL_* -> exporters ----------------------------------------------------------------------
 
 
-def _sampler(env: Mapping[str, str]) -> Sampler:
-    name = env.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
-    arg = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
-    try:
-        ratio = float(arg) if arg else 1.0
-    except ValueError as exc:
-        raise TracingConfigError(f"OTEL_TRACES_SAMPLER_ARG={arg!r} is not a number") from exc
-    samplers: dict[str, Sampler] = {
-        "always_on": ALWAYS_ON,
-        "always_off": ALWAYS_OFF,
-        "traceidratio": TraceIdRatioBased(ratio),
-        "parentbased_always_on": ParentBased(ALWAYS_ON),
-        "parentbased_always_off": ParentBased(ALWAYS_OFF),
-        "parentbased_traceidratio": ParentBased(TraceIdRatioBased(ratio)),
-    }
-    if name not in samplers:
-        raise TracingConfigError(
-            f"OTEL_TRACES_SAMPLER={name!r} is not supported (one of {', '.join(samplers)})"
-        )
-    return samplers[name]
-
-
-def _exporters(env: Mapping[str, str], console_stream: IO[str] | None) -> Iterable[SpanExporter]:
-    for name in otlp.exporter_names(env, "traces"):
+def _exporters(console_stream: IO[str] | None) -> Iterable[SpanExporter]:
+    for name in otel_env.exporter_names("traces"):
         if name == "otlp":
-            yield _otlp_exporter(otlp.otlp_settings(env, "traces"))
+            yield _otlp_exporter()
         else:
             yield ConsoleSpanExporter(out=console_stream or sys.stdout)
 
 
-def _otlp_exporter(settings: otlp.OtlpSettings) -> SpanExporter:
-    if settings.protocol == "grpc":
+def _otlp_exporter() -> SpanExporter:
+    """The OTLP exporter of the configured protocol; it reads its endpoint, headers, timeout
+    and compression from the OTEL_EXPORTER_OTLP_* variables itself."""
+    if otel_env.otlp_protocol("traces") == "grpc":
         try:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]
                 OTLPSpanExporter as GrpcExporter,
             )
         except ImportError as exc:
-            raise otlp.grpc_missing(exc) from exc
-        exporter: SpanExporter = GrpcExporter(
-            endpoint=settings.endpoint, headers=settings.headers, timeout=settings.timeout_s
-        )
+            raise otel_env.grpc_missing(exc) from exc
+        exporter: SpanExporter = GrpcExporter()
         return exporter
-    from opentelemetry.exporter.otlp.proto.http import Compression
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    return OTLPSpanExporter(
-        endpoint=settings.endpoint,
-        headers=settings.headers,
-        timeout=settings.timeout_s,
-        compression=Compression(settings.compression),
-    )
-
-
-def _batch_settings(env: Mapping[str, str]) -> dict[str, int]:
-    """OTEL_BSP_* read from `env` (the processor would otherwise read os.environ itself)."""
-    names = {
-        "OTEL_BSP_MAX_QUEUE_SIZE": "max_queue_size",
-        "OTEL_BSP_SCHEDULE_DELAY": "schedule_delay_millis",
-        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "max_export_batch_size",
-        "OTEL_BSP_EXPORT_TIMEOUT": "export_timeout_millis",
-    }
-    settings: dict[str, int] = {}
-    for variable, argument in names.items():
-        raw = env.get(variable, "").strip()
-        if raw:
-            try:
-                settings[argument] = int(raw)
-            except ValueError as exc:
-                raise TracingConfigError(f"{variable}={raw!r} is not an integer") from exc
-    return settings
+    return OTLPSpanExporter()

@@ -18,8 +18,9 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 from proxy.audit.otel_logs import audit_logger, setup_audit_logs
 from proxy.audit.store import AuditStore
 from proxy.audit.writer import AuditWriter
-from proxy.observability.otlp import OtelConfigError
+from proxy.observability.otel_env import OtelConfigError
 from tests.audit.test_store import record
+from tests.factories import OtelEnv
 
 
 class LogsReceiver(ThreadingHTTPServer):
@@ -61,10 +62,11 @@ def receiver() -> Iterator[LogsReceiver]:
     thread.join()
 
 
-def test_audit_records_reach_an_otlp_logs_receiver(receiver: LogsReceiver, tmp_path: Path) -> None:
-    provider = setup_audit_logs(
-        env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_SERVICE_NAME": "gw"}
-    )
+def test_audit_records_reach_an_otlp_logs_receiver(
+    receiver: LogsReceiver, tmp_path: Path, otel_env: OtelEnv
+) -> None:
+    otel_env({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_SERVICE_NAME": "gw"})
+    provider = setup_audit_logs()
     writer = AuditWriter(AuditStore(tmp_path / "a.sqlite3"), 10, otel_logger=audit_logger(provider))
     written = record(categories=("Violence",))
     writer.submit(written)
@@ -90,17 +92,20 @@ def test_audit_records_reach_an_otlp_logs_receiver(receiver: LogsReceiver, tmp_p
     assert log.time_unix_nano == int(written.time * 1e9)
 
 
-def test_console_none_and_errors() -> None:
+def test_console_none_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     out = io.StringIO()
-    provider = setup_audit_logs(env={"OTEL_LOGS_EXPORTER": "console"}, console_stream=out)
+    monkeypatch.setenv("OTEL_LOGS_EXPORTER", "console")
+    provider = setup_audit_logs(console_stream=out)
     audit_logger(provider).emit(body="hello", event_name="guardline.audit")
     provider.force_flush()
     provider.shutdown()
     assert json.loads(out.getvalue())["body"] == "hello"
-    quiet = setup_audit_logs(env={})  # no endpoint, no exporter: nothing is sent anywhere
+    monkeypatch.delenv("OTEL_LOGS_EXPORTER")
+    quiet = setup_audit_logs()  # no endpoint, no exporter: nothing is sent anywhere
     quiet.shutdown()
     with pytest.raises(OtelConfigError, match="OTEL_LOGS_EXPORTER='kafka'"):
-        setup_audit_logs(env={"OTEL_LOGS_EXPORTER": "kafka"})
+        monkeypatch.setenv("OTEL_LOGS_EXPORTER", "kafka")
+        setup_audit_logs()
     try:
         import opentelemetry.exporter.otlp.proto.grpc  # type: ignore[import-not-found]  # noqa: F401
     except ImportError:
@@ -108,6 +113,6 @@ def test_console_none_and_errors() -> None:
     else:
         return  # the gRPC exporter is installed here: nothing to refuse
     with pytest.raises(OtelConfigError, match="grpc"):
-        setup_audit_logs(
-            env={"OTEL_LOGS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL": "grpc"}
-        )
+        monkeypatch.setenv("OTEL_LOGS_EXPORTER", "otlp")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "grpc")
+        setup_audit_logs()

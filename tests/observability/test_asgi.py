@@ -16,8 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from proxy.context import request_context
 from proxy.observability import tracing
-from proxy.observability.asgi import ObservabilityMiddleware, request_start
+from proxy.observability.asgi import ObservabilityMiddleware
 from proxy.observability.metrics import GatewayMetrics
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -26,23 +27,23 @@ CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 @pytest.fixture
 def memory() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
     exporter = InMemorySpanExporter()
-    provider = tracing.setup_tracing(env={}, span_processor=SimpleSpanProcessor(exporter))
+    provider = tracing.setup_tracing(span_processor=SimpleSpanProcessor(exporter))
     yield provider, exporter
     provider.shutdown()
 
 
 def make_app(tracer: Tracer | None, metrics: GatewayMetrics | None) -> Starlette:
     async def chat(request: Request) -> Response:
-        request.scope["state"]["route"] = "kids"
-        request.scope["state"]["tenant"] = "acme"
-        request.scope["state"]["request_id"] = "0123456789abcdef"
+        context = request_context(request.scope)
+        context.route, context.tenant = "kids", "acme"
+        context.request_id = "0123456789abcdef"
         assert tracer is not None
         with tracer.start_as_current_span(tracing.SPAN_UPSTREAM):
             headers = tracing.inject()
-        return JSONResponse({"start": request_start(request.scope), "sent": headers})
+        return JSONResponse({"start": request_context(request.scope).start, "sent": headers})
 
     async def stream(request: Request) -> Response:
-        request.scope["state"]["route"] = "kids"
+        request_context(request.scope).route = "kids"
 
         async def body() -> AsyncIterator[bytes]:
             for i in range(3):
@@ -123,7 +124,7 @@ async def test_metrics_only_and_all_off() -> None:
     metrics = GatewayMetrics()
 
     async def ok(request: Request) -> Response:
-        return JSONResponse({"start": request_start(request.scope)})
+        return JSONResponse({"start": request_context(request.scope).start})
 
     for tracer, m in ((None, metrics), (None, None)):
         app = Starlette(

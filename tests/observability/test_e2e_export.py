@@ -33,13 +33,14 @@ from guard_engine.types import GuardRequest
 from proxy.audit.record import AuditRecord
 from proxy.audit.store import AuditStore
 from proxy.audit.writer import AuditWriter
+from proxy.context import request_context
 from proxy.observability import tracing
-from proxy.observability.asgi import ObservabilityMiddleware, request_start
+from proxy.observability.asgi import ObservabilityMiddleware
 from proxy.observability.logs import configure_logging, log_request, register_secrets
 from proxy.observability.metrics import GatewayMetrics
-from proxy.observability.timing import RequestTiming
+from proxy.timing import RequestTiming
 from tests.conftest_servers import run_server
-from tests.factories import make_verdict
+from tests.factories import OtelEnv, make_verdict
 from tests.observability.test_otlp_export import Receiver, _spans
 
 TENANT_KEY = "gl-acme-e2e-key-5d1c9a0b7e"
@@ -70,22 +71,23 @@ def logs() -> Iterator[io.StringIO]:
     structlog.reset_defaults()
 
 
-def build_app(receiver_url: str, audit_path: Path) -> tuple[Starlette, AuditWriter]:
-    provider = tracing.setup_tracing(
-        env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver_url, "OTEL_BSP_SCHEDULE_DELAY": "50"}
-    )
+def build_app(
+    receiver_url: str, audit_path: Path, otel_env: OtelEnv
+) -> tuple[Starlette, AuditWriter]:
+    otel_env({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver_url, "OTEL_BSP_SCHEDULE_DELAY": "50"})
+    provider = tracing.setup_tracing()
     tracer = tracing.tracer(provider)
     metrics = GatewayMetrics()
     writer = AuditWriter(AuditStore(audit_path), 100, metrics)
     log = structlog.get_logger("guardline.request")
 
     async def chat(request: Request) -> Response:
-        state = request.scope["state"]
-        state["route"], state["tenant"] = "default", "acme"
+        context = request_context(request.scope)
+        context.route, context.tenant = "default", "acme"
         body = await request.json()
         # A careless debug line: the redactor must still keep the key out of the log.
         log.info("debug headers", headers=dict(request.headers))
-        timing = RequestTiming(start=request_start(request.scope))
+        timing = RequestTiming(start=context.start)
         guard_request = GuardRequest(prompt=body["messages"][-1]["content"])
         with tracer.start_as_current_span(tracing.SPAN_GUARD_INPUT) as span:
             started = time.perf_counter()
@@ -146,9 +148,13 @@ def build_app(receiver_url: str, audit_path: Path) -> tuple[Starlette, AuditWrit
 
 
 def test_openai_client_through_a_real_server(
-    receiver: Receiver, logs: io.StringIO, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    receiver: Receiver,
+    logs: io.StringIO,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    otel_env: OtelEnv,
 ) -> None:
-    app, writer = build_app(receiver.url, tmp_path / "audit.sqlite3")
+    app, writer = build_app(receiver.url, tmp_path / "audit.sqlite3", otel_env)
     with run_server(app) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=TENANT_KEY, max_retries=0)
         raw = client.chat.completions.with_raw_response.create(

@@ -151,7 +151,7 @@ def start(
         )
         config = load_config(config_path, env={})
         logs = io.StringIO()
-        obs = build_observability(config, env={}, log_stream=logs)
+        obs = build_observability(config, log_stream=logs)
         engine = RecordingEngine(config)
         app = create_app(config, moderation=True, engine=engine, observability=obs)
         engine.app, engine.obs = app, obs

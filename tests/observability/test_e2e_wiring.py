@@ -42,8 +42,11 @@ def _overhead_ms(server_timing: str) -> float:
     return float(match.group(1))
 
 
-def test_one_request_spans_propagation_metrics_log_audit(start: Any) -> None:
-    gw: Observed = start()
+@pytest.mark.parametrize("late_spans", [False, True], ids=["sdk-spans", "late-spans"])
+def test_one_request_spans_propagation_metrics_log_audit(start: Any, late_spans: bool) -> None:
+    """The same trace whether spans are the SDK's own (default) or recorded after the
+    response (`tracing.late_spans`, opt-in)."""
+    gw: Observed = start(config={"tracing": {"late_spans": late_spans}})
     raw = gw.client().chat.completions.with_raw_response.create(
         model="m-1",
         messages=[{"role": "user", "content": PROMPT}],

@@ -21,7 +21,7 @@ from proxy.observability.logs import (
     log_request,
     register_secrets,
 )
-from proxy.observability.timing import RequestTiming
+from proxy.timing import RequestTiming
 
 TENANT_KEY = "gl-tenant-acme-7f3a9c1e5b"
 UPSTREAM_KEY = "upstream-secret-Zq81xx0P"
@@ -91,7 +91,7 @@ def test_registered_secrets_never_appear_anywhere(
 
 def test_lines_carry_the_current_trace_and_span_ids(captured: io.StringIO) -> None:
     exporter = InMemorySpanExporter()
-    provider = tracing.setup_tracing(env={}, span_processor=SimpleSpanProcessor(exporter))
+    provider = tracing.setup_tracing(span_processor=SimpleSpanProcessor(exporter))
     log = structlog.get_logger()
     with tracing.tracer(provider).start_as_current_span("r") as span:
         log.info("inside")

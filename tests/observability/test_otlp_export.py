@@ -16,6 +16,7 @@ from opentelemetry.trace import SpanKind
 
 from proxy.observability import tracing
 from proxy.observability.tracing import setup_tracing
+from tests.factories import OtelEnv
 
 
 class Receiver(ThreadingHTTPServer):
@@ -94,9 +95,11 @@ def _spans(receiver: Receiver) -> dict[str, dict[str, object]]:
 
 
 @pytest.mark.parametrize("compression", ["none", "gzip"])
-def test_spans_reach_a_real_otlp_http_receiver(receiver: Receiver, compression: str) -> None:
-    provider = setup_tracing(
-        env={
+def test_spans_reach_a_real_otlp_http_receiver(
+    receiver: Receiver, compression: str, otel_env: OtelEnv
+) -> None:
+    otel_env(
+        {
             # No OTEL_TRACES_EXPORTER: an endpoint alone turns OTLP on.
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
             "OTEL_EXPORTER_OTLP_HEADERS": "x-collector-token=abc%20123",
@@ -105,6 +108,7 @@ def test_spans_reach_a_real_otlp_http_receiver(receiver: Receiver, compression: 
             "OTEL_BSP_SCHEDULE_DELAY": "50",
         }
     )
+    provider = setup_tracing()
     tracer = tracing.tracer(provider)
     parent = tracing.extract_context(
         {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
@@ -140,17 +144,18 @@ def test_spans_reach_a_real_otlp_http_receiver(receiver: Receiver, compression: 
     assert spans["upstream"]["gen_ai.request.model"] == "gpt-4o"
 
 
-def test_a_dead_collector_never_blocks_or_fails_the_caller() -> None:
+def test_a_dead_collector_never_blocks_or_fails_the_caller(otel_env: OtelEnv) -> None:
     # A port nothing listens on: the batch processor's export fails in its own thread.
     probe = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
     port = probe.server_address[1]
     probe.server_close()
-    provider = setup_tracing(
-        env={
+    otel_env(
+        {
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{port}/v1/traces",
             "OTEL_EXPORTER_OTLP_TIMEOUT": "500",
         }
     )
+    provider = setup_tracing()
     tracer = tracing.tracer(provider)
     failures: list[BaseException] = []
 

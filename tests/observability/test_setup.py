@@ -28,7 +28,7 @@ from proxy.config_schema import (
     TracingConfig,
 )
 from proxy.observability.setup import build_observability, config_secrets
-from tests.factories import make_policy, make_verdict
+from tests.factories import OtelEnv, make_policy, make_verdict
 
 TENANT_KEY = "tenant-key-acme-31d0a9"
 UPSTREAM_KEY = "sk-upstream-9f8e7d6c5b4a"
@@ -66,12 +66,10 @@ def test_config_secrets(tmp_path: Path) -> None:
     assert sorted(config_secrets(config(tmp_path))) == sorted([TENANT_KEY, UPSTREAM_KEY, GUARD_KEY])
 
 
-async def test_everything_on(tmp_path: Path) -> None:
+async def test_everything_on(tmp_path: Path, otel_env: OtelEnv) -> None:
     out = io.StringIO()
-    obs = build_observability(
-        config(tmp_path), env={"OTEL_EXPORTER_OTLP_HEADERS": "api-key=collector-secret-1"},
-        log_stream=out,
-    )  # fmt: skip
+    otel_env({"OTEL_EXPORTER_OTLP_HEADERS": "api-key=collector-secret-1"})
+    obs = build_observability(config(tmp_path), log_stream=out)
     structlog.get_logger().info("keys", all=[TENANT_KEY, UPSTREAM_KEY, GUARD_KEY],
                                 otlp="collector-secret-1")  # fmt: skip
     with obs.tracer.start_as_current_span("r") as span:
@@ -103,7 +101,7 @@ async def test_everything_on(tmp_path: Path) -> None:
 
 
 async def test_everything_off(tmp_path: Path) -> None:
-    obs = build_observability(config(tmp_path, enabled=False), env={}, log_stream=io.StringIO())
+    obs = build_observability(config(tmp_path, enabled=False), log_stream=io.StringIO())
     assert isinstance(obs.tracer, NoOpTracer) and obs.tracer_provider is None
     assert obs.metrics is None and obs.writer is None and obs.log_provider is None
     assert obs.think_scheduler(lambda r, p: None) is None  # type: ignore[arg-type,return-value]

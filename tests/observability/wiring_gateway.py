@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
 
 from proxy.app import create_app
 from proxy.config import load_config
@@ -75,6 +76,7 @@ class Observed:
     audit_path: Path
     upstream: UpstreamDouble
     guard: SGLangDouble
+    app: Starlette
 
     def server_span(self) -> ReadableSpan:
         """The request's SERVER span, once it has ended: it ends after the last byte was sent,
@@ -137,6 +139,7 @@ def write_policy(folder: Path, name: str, **fields: Any) -> Path:
 @pytest.fixture
 def start(
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     upstream: tuple[UpstreamDouble, str],
     guard_server: tuple[str, SGLangDouble],
 ) -> Iterator[Any]:
@@ -150,9 +153,14 @@ def start(
             *,
             config: dict[str, Any] | None = None,
             env: dict[str, str] | None = None,
+            without: tuple[type, ...] = (),
             **policy: Any,
         ) -> Observed:
-            """Start the gateway: `policy` fields for main.yaml, `config` sections replaced."""
+            """Start the gateway: `policy` fields for main.yaml, `config` sections replaced,
+            `env` the OTEL_* variables its SDK reads, `without` middleware classes left out
+            of the app."""
+            for name, value in (env or {}).items():
+                monkeypatch.setenv(name, value)
             write_policy(tmp_path, "main", **policy)
             config_path = tmp_path / "config.yaml"
             config_path.write_text(
@@ -179,13 +187,16 @@ def start(
             logs = io.StringIO()
             obs = build_observability(
                 loaded,
-                env=env or {},
                 log_stream=logs,
                 span_processor=SimpleSpanProcessor(exporter),
             )
             app = create_app(loaded, moderation=True, observability=obs)
+            # Starlette builds its middleware stack at the first request, from this list.
+            app.user_middleware = [m for m in app.user_middleware if m.cls not in without]
             url = stack.enter_context(run_server(app))
-            return Observed(url, obs, exporter, logs, Path(loaded.audit.path), upstream[0], guard)
+            return Observed(
+                url, obs, exporter, logs, Path(loaded.audit.path), upstream[0], guard, app
+            )
 
         yield run
     root = logging.getLogger()

@@ -11,8 +11,9 @@ import orjson
 import pytest
 
 from proxy.app import create_app
+from proxy.chat_call import ChatCall
 from proxy.config_schema import GatewayConfig
-from proxy.forward import ChatCall, forward_chat
+from proxy.forward import forward_chat
 from proxy.state import GatewayState
 from proxy.upstreams.reply import UpstreamReply
 

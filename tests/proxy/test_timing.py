@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.observability.timing import RequestTiming
+from proxy.timing import RequestTiming
 
 
 def _parse(header: str) -> dict[str, float]:

@@ -11,10 +11,10 @@ The same calls feed the request's `RequestTiming`. For a stream the upstream spa
 `upstream` timing cover the whole body, not just the response head: each wait for the next
 upstream chunk is upstream time, so what remains as overhead is the gateway's own work.
 
-Spans are `LateSpan`s: their ids are fixed before the call (for the traceparent), the SDK spans
-are recorded with their real times after the response has gone out
-(`proxy.observability.after_response`), so the request path pays a few microseconds per span
-instead of the SDK's cost.
+Spans are the SDK's own: started when the call starts (the traceparent names them), annotated
+and ended when it ends. `tracing.late_spans: true` (opt-in) records them after the response
+instead (`proxy.observability.late_spans`: cheaper on the request path, relies on SDK
+internals; measured in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -23,25 +23,34 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import orjson
-from opentelemetry.trace import NoOpTracer, Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import (
+    NoOpTracer,
+    Span,
+    SpanKind,
+    Status,
+    StatusCode,
+    Tracer,
+    set_span_in_context,
+)
 
 from guard_engine.engine import GuardEngine
 from guard_engine.policy.compiled import CompiledPolicy
 from guard_engine.types import GuardRequest
+from proxy.chat_call import ChatCall
 from proxy.config_schema import LiteLLMUpstreamConfig
-from proxy.forward import ChatCall, ChatService
+from proxy.context import RequestContext
 from proxy.moderation.decide import StageResult, judge
+from proxy.moderation.observer import Check
 from proxy.observability import tracing
-from proxy.observability.after_response import after_response
-from proxy.observability.late_spans import Annotate, LateSpan, Parent
-from proxy.observability.timing import Kind, RequestTiming
+from proxy.observability.late_spans import LateSpan, Parent, ReservedIds
+from proxy.timing import Kind, RequestTiming
 from proxy.upstreams.reply import RawHeaders, UpstreamReply
 
 if TYPE_CHECKING:
-    from proxy.state import GatewayState
+    from proxy.state import ChatService, GatewayState
     from proxy.streaming.outcome import StreamOutcome
 
 
@@ -80,35 +89,114 @@ def _tokens(usage: Any) -> tuple[int | None, int | None]:
     )
 
 
-class CallTiming(RequestTiming):
-    """A request's timing ledger that also knows the request's scope state (for the work
-    deferred until the response is out)."""
+Annotate = Callable[[Span], None]
 
-    __slots__ = ("parent", "state")
 
-    def __init__(self, start: float | None, state: dict[str, Any] | None) -> None:
-        super().__init__(start)
-        self.state = state
+def start_child(tracer: Tracer, name: str, kind: SpanKind = SpanKind.INTERNAL) -> Span | None:
+    """A child of the current span (the request's SERVER span), or None without a trace
+    (tracing off: the client's trace headers then go out as they came)."""
+    span = tracer.start_span(name, kind=kind)
+    return span if span.get_span_context().is_valid else None
+
+
+def carrier(span: Span) -> dict[str, str]:
+    """traceparent/tracestate naming `span` as the parent of an outgoing call."""
+    return tracing.inject(set_span_in_context(span))
+
+
+def end_span(
+    span: Span,
+    annotate: Annotate | None,
+    error: BaseException | None = None,
+    end_ns: int | None = None,
+) -> None:
+    """Annotate (when recording) and end `span` (at `end_ns`, default now); `error` marks it
+    failed."""
+    if span.is_recording():
+        if annotate is not None:
+            annotate(span)
+        if error is not None:
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+    span.end(end_ns)
+
+
+class ChildSpan(Protocol):
+    """One child span of the request, as the observer uses it."""
+
+    def headers(self) -> dict[str, str]:
+        """traceparent/tracestate naming this span as the parent of the outgoing call."""
+        ...
+
+    def finish(
+        self,
+        annotate: Annotate | None,
+        error: BaseException | None = None,
+        end_ns: int | None = None,
+    ) -> None:
+        """The work ended (at `end_ns`, default now): attributes from `annotate`."""
+        ...
+
+
+class _SdkChild:
+    """The default: an SDK span, started when the work starts, ended when it ends."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+
+    def headers(self) -> dict[str, str]:
+        return carrier(self.span)
+
+    def finish(
+        self,
+        annotate: Annotate | None,
+        error: BaseException | None = None,
+        end_ns: int | None = None,
+    ) -> None:
+        end_span(self.span, annotate, error, end_ns)
+
+
+class _LateChild:
+    """`tracing.late_spans: true`: ids now, the SDK span recorded once the response is out
+    (proxy.observability.late_spans; relies on SDK internals, hence opt-in)."""
+
+    __slots__ = ("context", "late")
+
+    def __init__(self, late: LateSpan, context: RequestContext | None) -> None:
+        self.late = late
+        self.context = context
+
+    def headers(self) -> dict[str, str]:
+        return self.late.carrier()
+
+    def finish(
+        self,
+        annotate: Annotate | None,
+        error: BaseException | None = None,
+        end_ns: int | None = None,
+    ) -> None:
+        late = self.late
+        if error is not None:
+            late.fail(error)
+        late.end(end_ns)
+        if self.context is None:
+            late.record(annotate)
+        else:
+            self.context.after_response(lambda: late.record(annotate))
+
+
+class ObservedTiming(RequestTiming):
+    """A request's timing ledger that also knows the request's context and, for late spans,
+    its SERVER span as their parent (looked up once per request)."""
+
+    __slots__ = ("context", "parent")
+
+    def __init__(self, context: RequestContext | None) -> None:
+        super().__init__(context.start if context is not None else None)
+        self.context = context
         self.parent: Parent | bool | None = False  # False: not looked up yet
-
-
-def _defer(timing: RequestTiming, work: Callable[[], None]) -> None:
-    after_response(timing.state if isinstance(timing, CallTiming) else None, work)
-
-
-def _parent(timing: RequestTiming) -> Parent | None:
-    """The request's span, looked up once per request (cached on its ledger)."""
-    if not isinstance(timing, CallTiming):
-        return Parent.current()
-    parent = timing.parent
-    if parent is False:
-        parent = timing.parent = Parent.current()
-    assert parent is None or isinstance(parent, Parent)
-    return parent
-
-
-def _record_later(timing: RequestTiming, span: LateSpan, annotate: Annotate | None) -> None:
-    _defer(timing, lambda: span.record(annotate))
 
 
 class UpstreamStream:
@@ -116,12 +204,12 @@ class UpstreamStream:
     upstream span. After `defer()` the span is recorded by `finish()` instead, which adds the
     usage the moderated stream collected."""
 
-    __slots__ = ("_annotate", "_deferred", "_inner", "_span", "_timing")
+    __slots__ = ("_annotate", "_deferred", "_ended_ns", "_error", "_inner", "_span", "_timing")
 
     def __init__(
         self,
         inner: AsyncIterator[bytes],
-        span: LateSpan | None,
+        span: ChildSpan | None,
         timing: RequestTiming,
         annotate: Annotate,
     ) -> None:
@@ -130,6 +218,8 @@ class UpstreamStream:
         self._timing = timing
         self._annotate = annotate
         self._deferred = False
+        self._ended_ns: int | None = None  # when the body ended (the span's end)
+        self._error: BaseException | None = None
 
     def __aiter__(self) -> UpstreamStream:
         return self
@@ -142,8 +232,7 @@ class UpstreamStream:
             self._ended()
             raise
         except BaseException as exc:
-            if self._span is not None:
-                self._span.fail(exc)
+            self._error = exc
             self._ended()
             raise
         finally:
@@ -161,18 +250,24 @@ class UpstreamStream:
         self._deferred = True
 
     def _ended(self) -> None:
-        if self._span is None:
+        span = self._span
+        if span is None or self._ended_ns is not None:
             return
-        self._span.end()
+        self._ended_ns = time.time_ns()
         if not self._deferred:
-            _record_later(self._timing, self._span, self._annotate)
+            self._end(self._annotate)
+
+    def _end(self, annotate: Annotate) -> None:
+        span, self._span = self._span, None
+        if span is not None:
+            span.finish(annotate, self._error, self._ended_ns)
 
     def finish(self, model: str | None, usage: dict[str, Any] | None) -> None:
-        """Record a deferred span with what the moderated stream learned (model, usage)."""
-        span = self._span
-        if span is None or not self._deferred:
+        """End a deferred span with what the moderated stream learned (model, usage)."""
+        if self._span is None or not self._deferred:
             return
-        span.end()  # no-op when the body ended first; else the client left early
+        if self._ended_ns is None:  # the client left before the body ended
+            self._ended_ns = time.time_ns()
         annotate = self._annotate
 
         def with_usage(otel_span: Span) -> None:
@@ -186,27 +281,63 @@ class UpstreamStream:
                 if value is not None:
                     otel_span.set_attribute(key, value)
 
-        _record_later(self._timing, span, with_usage)
+        self._end(with_usage)
+
+
+# The span of each guard check.
+_SPAN_NAMES: Final[dict[Check, str]] = {
+    "input": tracing.SPAN_GUARD_INPUT,
+    "output": tracing.SPAN_GUARD_OUTPUT,
+    "output.window": tracing.SPAN_GUARD_HOLDBACK,
+}
 
 
 class ModerationSpans:
-    """Spans + timing around the pipeline's guard checks and upstream call."""
+    """Spans + timing around the pipeline's guard checks and upstream call: the pipeline's
+    `ModerationObserver` (proxy.moderation.observer)."""
 
-    def __init__(self, tracer: Tracer | None = None, *, record_content: bool = False) -> None:
+    def __init__(
+        self,
+        tracer: Tracer | None = None,
+        *,
+        record_content: bool = False,
+        late_spans: bool = False,
+    ) -> None:
         self.tracer: Tracer = tracer if tracer is not None else NoOpTracer()
         self.record_content = record_content
+        # tracing.late_spans: children recorded after the response (proxy.observability.
+        # late_spans); needs the provider's ReservedIds, else they are plain SDK spans.
+        self._late = late_spans and isinstance(
+            getattr(self.tracer, "id_generator", None), ReservedIds
+        )
         self._providers: dict[str, str] = {}
 
     @staticmethod
     def timing(call: ChatCall) -> RequestTiming:
         """The request's ledger, started when the request's first byte arrived."""
-        return CallTiming(call.started, call.scope_state)
+        return ObservedTiming(call.context)
+
+    def _start(
+        self, name: str, timing: RequestTiming, kind: SpanKind = SpanKind.INTERNAL
+    ) -> ChildSpan | None:
+        """A child of the request's span, or None without a trace (tracing off: the client's
+        trace headers then go out as they came)."""
+        if not self._late:
+            span = start_child(self.tracer, name, kind)
+            return _SdkChild(span) if span is not None else None
+        observed = timing if isinstance(timing, ObservedTiming) else ObservedTiming(None)
+        if observed.parent is False:
+            observed.parent = Parent.current()
+        parent = observed.parent
+        if not isinstance(parent, Parent):
+            return None
+        return _LateChild(LateSpan.start(self.tracer, name, parent, kind), observed.context)
 
     # --- guard checks -------------------------------------------------------------------------
 
-    async def judge(
+    async def check(
         self,
-        name: str,
+        check: Check,
         engine: GuardEngine,
         request: GuardRequest,
         policy: CompiledPolicy,
@@ -217,31 +348,26 @@ class ModerationSpans:
         upstream_started: bool = False,
     ) -> StageResult:
         """One guard decision in its own span; the guard gets this span's traceparent."""
-        parent = _parent(timing)
-        span = LateSpan.start(self.tracer, name, parent) if parent is not None else None
-        headers = span.carrier() if span is not None else None
+        span = self._start(_SPAN_NAMES[check], timing)
         try:
             with timing.measure(kind):
                 result = await judge(
                     engine,
                     request,
                     policy,
-                    headers=headers or None,
+                    headers=span.headers() if span is not None else None,
                     upstream_started=upstream_started,
                 )
         except BaseException as exc:
             if span is not None:
-                span.fail(exc)
-                span.end()
-                _record_later(timing, span, None)
+                span.finish(None, exc)
             raise
         if span is not None:
-            span.end()
 
             def annotate(otel_span: Span) -> None:
                 self._annotate(otel_span, result, policy, request, index)
 
-            _record_later(timing, span, annotate)
+            span.finish(annotate)
         return result
 
     def _annotate(
@@ -287,24 +413,20 @@ class ModerationSpans:
         timing: RequestTiming,
     ) -> UpstreamReply:
         """Call the upstream in a CLIENT span that its traceparent names as the parent."""
-        parent = _parent(timing)
-        span = None
-        if parent is not None:
-            span = LateSpan.start(self.tracer, tracing.SPAN_UPSTREAM, parent, SpanKind.CLIENT)
-            call = replace(call, headers=with_trace_headers(call.headers, span.carrier()))
+        span = self._start(tracing.SPAN_UPSTREAM, timing, SpanKind.CLIENT)
+        if span is not None:
+            call = replace(call, headers=with_trace_headers(call.headers, span.headers()))
         started = time.perf_counter()
         try:
             reply = await forward(state, call)
         except BaseException as exc:
             timing.add("upstream", started, time.perf_counter())
             if span is not None:
-                span.end()
                 if isinstance(exc, asyncio.CancelledError):
                     # Parallel input check blocked: cancelled on purpose, not an error.
-                    _record_later(timing, span, _cancelled)
+                    span.finish(_cancelled)
                 else:
-                    span.fail(exc)
-                    _record_later(timing, span, None)
+                    span.finish(None, exc)
             raise
         timing.add("upstream", started, time.perf_counter())
         provider = self._provider(state, call.route.upstream)
@@ -333,8 +455,7 @@ class ModerationSpans:
             # The span lasts as long as the body: UpstreamStream records it at its end.
             reply.stream = UpstreamStream(reply.stream, span, timing, annotate)
         elif span is not None:
-            span.end()
-            _record_later(timing, span, annotate)
+            span.finish(annotate)
         return reply
 
     @staticmethod

@@ -5,7 +5,7 @@ summary that the request log line and the SERVER span carry.
 its moderation is complete (for a stream: when it ended), which for a complete body is before
 the response is sent. So it only leaves the request's summary in the scope state and defers
 the rest (metrics, audit records, THINK re-checks) until the response has gone out
-(`proxy.observability.after_response`). None of it blocks: metrics are counter
+(`RequestContext.after_response`). None of it blocks: metrics are counter
 adds, audit records go to the writer's queue, THINK re-checks are background tasks. `shadow`
 is the `on_shadow` hook, `reloaded` the policy store's `on_reload`.
 """
@@ -18,13 +18,12 @@ from typing import TYPE_CHECKING, Final
 from guard_engine.policy.compiled import CompiledPolicy
 from guard_engine.types import Verdict
 from proxy.audit.record import AuditRecord, content_hash, current_trace_id, new_record_id
-from proxy.forward import ChatCall
+from proxy.chat_call import ChatCall
+from proxy.context import ModerationSummary
 from proxy.moderation.decide import StageResult
 from proxy.moderation.headers import Decisions
-from proxy.observability.after_response import after_response
-from proxy.observability.request_log import STATE_MODERATION, ModerationSummary
-from proxy.observability.timing import RequestTiming
 from proxy.streaming.outcome import StreamOutcome
+from proxy.timing import RequestTiming
 
 if TYPE_CHECKING:
     from guard_engine.engine import GuardEngine
@@ -70,15 +69,17 @@ class ModerationReport:
         timing: RequestTiming,
         outcome: StreamOutcome | None,
     ) -> None:
-        state = call.scope_state
-        if state is not None:
-            state[STATE_MODERATION] = self._summary(call, decisions, timing, outcome)
         trace_id = current_trace_id() if self.writer is not None else None
 
         def report() -> None:
             self._report(call, decisions, timing, outcome, trace_id)
 
-        after_response(state, report)
+        context = call.context
+        if context is None:  # not served over HTTP: nothing to wait for
+            report()
+            return
+        context.moderation = self._summary(call, decisions, timing, outcome)
+        context.after_response(report)
 
     def _report(
         self,
