@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from opentelemetry.trace import Tracer
+from prometheus_client.registry import Collector
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
@@ -35,10 +36,11 @@ from proxy.config_schema import CascadeGuardConfig, GatewayConfig
 from proxy.guards import FALLBACK_GUARD, build_engine
 from proxy.handlers.metrics import metrics_route
 from proxy.moderation.pipeline import ModerationPipeline
-from proxy.observability import tracing
+from proxy.observability import multiprocess, tracing
 from proxy.observability.asgi import ObservabilityMiddleware
 from proxy.observability.cascade_metrics import CascadeCollector
 from proxy.observability.late_spans import LateTracer
+from proxy.observability.metrics import GatewayMetrics
 from proxy.observability.moderation_report import ModerationReport
 from proxy.observability.moderation_spans import ModerationSpans
 from proxy.observability.request_log import RequestLogMiddleware
@@ -143,12 +145,7 @@ async def install_moderation(
         if before_scrape is not None:
             before_scrape.append(report.sample_breakers)
         if obs.metrics is not None:
-            obs.metrics.registry.register(CascadeCollector(engine))
-            shared = engine.cache.shared if engine.cache is not None else None
-            if isinstance(shared, RedisVerdictTier):
-                from proxy.observability.shared_cache_metrics import register
-
-                register(shared, obs.metrics.registry)
+            _install_collectors(state, obs.metrics, engine, before_scrape)
     store = PolicyStore(
         [route.policy for route in config.routes],
         known_guards=[g for g in engine.guards if g != FALLBACK_GUARD],
@@ -236,6 +233,37 @@ async def install_moderation(
         # this stops the scheduler for good, before the engine closes and the audit drains.
         state.closers.append(report.think.aclose)
     return pipeline
+
+
+def _install_collectors(
+    state: GatewayState,
+    metrics: GatewayMetrics,
+    engine: GuardEngine,
+    before_scrape: list[Callable[[], None]] | None,
+) -> None:
+    """The metrics read from the engine at scrape time (cascade answers, shared-cache
+    lookups): in the registry, or, with several workers, copied into the shared files."""
+    collectors: list[Collector] = [CascadeCollector(engine)]
+    shared = engine.cache.shared if engine.cache is not None else None
+    if isinstance(shared, RedisVerdictTier):
+        from proxy.observability.shared_cache_metrics import SharedCacheCollector
+
+        collectors.append(SharedCacheCollector(shared))
+    if not multiprocess.enabled():
+        for collector in collectors:
+            metrics.registry.register(collector)
+        return
+    mirror = multiprocess.CollectorMirror(collectors)
+    if before_scrape is not None:
+        before_scrape.append(mirror.sync)
+    copying = asyncio.ensure_future(mirror.run())
+
+    async def stop_copying() -> None:
+        copying.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await copying
+
+    state.closers.append(stop_copying)
 
 
 def referenced_guards(config: GatewayConfig, store: PolicyStore) -> set[str]:

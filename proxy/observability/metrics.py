@@ -5,8 +5,9 @@ Every method takes explicit arguments so that the request path calls one cheap m
 
 With several worker processes (`guardline serve --workers N`) the values live in shared files
 and `render()` reads every worker's (`proxy/observability/multiprocess.py`). Only the metric
-classes (Counter, Gauge, Histogram) work across processes: no custom collectors here, and
-every Gauge names its `multiprocess_mode`.
+classes (Counter, Gauge, Histogram) work across processes: no custom collectors here (those
+of guard_engine's counts are copied into the shared files by `multiprocess.CollectorMirror`),
+and every Gauge names its `multiprocess_mode`.
 """
 
 from __future__ import annotations

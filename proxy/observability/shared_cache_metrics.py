@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
@@ -19,7 +18,7 @@ LOOKUPS = ("hit", "miss", "unavailable")
 WRITES = ("stored", "failed", "dropped")
 
 
-class _SharedCacheCollector(Collector):
+class SharedCacheCollector(Collector):
     def __init__(self, tier: RedisVerdictTier) -> None:
         self._tier = tier
 
@@ -42,6 +41,3 @@ class _SharedCacheCollector(Collector):
             writes.add_metric([outcome], counts[outcome])
         yield writes
 
-
-def register(tier: RedisVerdictTier, registry: CollectorRegistry) -> None:
-    registry.register(_SharedCacheCollector(tier))

@@ -15,10 +15,12 @@ from pathlib import Path
 import httpx
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from proxy.observability.multiprocess import MIRROR_INTERVAL_S
 from tests.proxy.conftest import double_server, double_url
 from tests.proxy.test_e2e_serve import ROOT, SERVE, free_port
+from tests.redis_server import RedisServer, redis_server
 
-__all__ = ["double_server", "double_url"]  # fixtures used below
+__all__ = ["double_server", "double_url", "redis_server"]  # fixtures used below
 
 REQUESTS = 60
 SCRAPES = 12
@@ -105,6 +107,73 @@ def test_metrics_count_every_worker_once(tmp_path: Path, double_url: str) -> Non
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(GENEROUS) in (0, -signal.SIGTERM)
         assert list(temp.iterdir()) == []  # the run's metrics directory is gone
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _shared_cache_misses(scrape: str) -> float:
+    for line in scrape.splitlines():
+        if line.startswith('guardline_shared_cache_lookups_total{outcome="miss"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_collector_metrics_count_every_worker_once(
+    tmp_path: Path, double_url: str, redis_server: RedisServer
+) -> None:
+    """Metrics read from live objects at scrape time (here the shared verdict cache's lookups,
+    counted in guard_engine) are copied into the shared files: every worker's lookups appear,
+    once, whichever worker answers."""
+    (tmp_path / "in.yaml").write_text(
+        "name: input-only\ndescription: prompt checked\ninput: {enabled: true}\n"
+        "output: {enabled: false}\non_guard_error: open\n"
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"upstreams:\n  double: {{type: openai, base_url: '{double_url}', api_key: sk-up}}\n"
+        "routes:\n  - {name: default, upstream: double, policy: in.yaml}\n"
+        "audit: {enabled: false}\n"
+        f"cache: {{redis_url: '{redis_server.url}'}}\n"
+    )
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [*SERVE, "--config", str(config), "--port", str(port), "--workers", "2"], cwd=ROOT
+    )
+    try:
+        deadline = time.monotonic() + GENEROUS
+        while True:
+            assert proc.poll() is None, "guardline serve exited"
+            try:
+                if httpx.get(base + "/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "guardline serve did not start"
+            time.sleep(0.2)
+
+        def one(i: int) -> int:
+            body = {"model": "m", "messages": [{"role": "user", "content": f"hello number {i}"}]}
+            response = httpx.post(base + "/v1/chat/completions", json=body, timeout=GENEROUS)
+            return response.status_code
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            assert set(pool.map(one, range(40))) == {200}
+        # Every prompt is new: one shared-cache lookup (a miss) in whichever worker judged it.
+        # A worker copies its counts every MIRROR_INTERVAL_S (later on a busy machine): wait
+        # until a scrape shows them all, then every scrape must.
+        deadline = time.monotonic() + GENEROUS
+        while _shared_cache_misses(httpx.get(base + "/metrics").text) != 40:
+            assert time.monotonic() < deadline, "the workers' counts never added up to 40"
+            time.sleep(MIRROR_INTERVAL_S / 2)
+        for _ in range(SCRAPES):
+            scrape = httpx.get(base + "/metrics")
+            assert scrape.status_code == 200
+            assert _shared_cache_misses(scrape.text) == 40
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(GENEROUS) in (0, -signal.SIGTERM)
     finally:
         if proc.poll() is None:
             proc.kill()
