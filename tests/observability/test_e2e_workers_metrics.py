@@ -113,11 +113,14 @@ def test_metrics_count_every_worker_once(tmp_path: Path, double_url: str) -> Non
             proc.wait()
 
 
-def _shared_cache_misses(scrape: str) -> float:
-    for line in scrape.splitlines():
-        if line.startswith('guardline_shared_cache_lookups_total{outcome="miss"}'):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+def _shared_cache_lookups(scrape: str) -> float:
+    """Lookups of every outcome: a miss, or `unavailable` when a loaded machine makes Redis
+    slower than the cache's 50 ms timeout (the prompts are new: never a hit)."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in scrape.splitlines()
+        if line.startswith("guardline_shared_cache_lookups_total{")
+    )
 
 
 def test_collector_metrics_count_every_worker_once(
@@ -161,17 +164,18 @@ def test_collector_metrics_count_every_worker_once(
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             assert set(pool.map(one, range(40))) == {200}
-        # Every prompt is new: one shared-cache lookup (a miss) in whichever worker judged it.
+        # Every prompt is new: one shared-cache lookup in whichever worker judged it.
         # A worker copies its counts every MIRROR_INTERVAL_S (later on a busy machine): wait
         # until a scrape shows them all, then every scrape must.
         deadline = time.monotonic() + GENEROUS
-        while _shared_cache_misses(httpx.get(base + "/metrics").text) != 40:
-            assert time.monotonic() < deadline, "the workers' counts never added up to 40"
+        while _shared_cache_lookups(text := httpx.get(base + "/metrics").text) != 40:
+            lines = [x for x in text.splitlines() if x.startswith("guardline_shared_cache")]
+            assert time.monotonic() < deadline, f"never 40 lookups in all: {lines}"
             time.sleep(MIRROR_INTERVAL_S / 2)
         for _ in range(SCRAPES):
             scrape = httpx.get(base + "/metrics")
             assert scrape.status_code == 200
-            assert _shared_cache_misses(scrape.text) == 40
+            assert _shared_cache_lookups(scrape.text) == 40
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(GENEROUS) in (0, -signal.SIGTERM)
     finally:
