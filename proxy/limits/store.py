@@ -323,8 +323,9 @@ class _PackedScope:
     release_keys: bytes  # its tokens window and leases keys (a release of this scope)
 
 
-# A queued release: its scope's packed keys, its tokens, and its member's lease to end ('' none).
-_Release = tuple[bytes, int, str]
+# A queued release: its scope's packed keys, its tokens, its member's lease to end ('' none),
+# and when it was queued (event loop time).
+_Release = tuple[bytes, int, str, float]
 
 MAX_PACKED_SCOPES = 10_000  # scopes come from the config; a bound all the same
 
@@ -381,10 +382,10 @@ class RedisStore:
         packed = [self._pack(scope) for scope in scopes]
         # KEYS: per scope 3, per release 2; ARGV: 4, per scope 3, per release 2.
         parts = [p.keys for p in packed]
-        parts += [keys for keys, _, _ in batch]
+        parts += [keys for keys, _, _, _ in batch]
         parts += (bulk(b"%d" % len(scopes)), bulk(member.encode()), self._fixed_args)
         parts += [p.limits for p in packed]
-        for _, tokens, done in batch:
+        for _, tokens, done, _ in batch:
             parts += (bulk(b"%d" % tokens), bulk(done.encode()))
         count = 6 * len(scopes) + 4 * len(batch) + 4
         try:
@@ -405,6 +406,8 @@ class RedisStore:
         return decisions
 
     def release(self, scopes: Sequence[Scope], member: str, amounts: Sequence[int]) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         for scope, tokens in zip(scopes, amounts, strict=True):
             limits = scope[1]
             self._queued.append(
@@ -412,14 +415,24 @@ class RedisStore:
                     self._pack(scope).release_keys,
                     tokens if limits.tokens else 0,
                     member if limits.concurrent else "",
+                    now,
                 )
             )
         if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(FLUSH_DELAY_S, self._start_flush)
+            self._flush = loop.call_later(FLUSH_DELAY_S, self._start_flush)
 
     def _start_flush(self) -> None:
         self._flush = None
-        if self._queued and (self._flushing is None or self._flushing.done()):
+        if not self._queued:
+            return
+        loop = asyncio.get_running_loop()
+        due = self._queued[0][3] + FLUSH_DELAY_S
+        if due > loop.time() + 0.001:  # (timers may fire a hair early)
+            # The releases this timer was set for went out with a request meanwhile; the
+            # oldest one left is younger: wait for its own deadline, not flush it early (under
+            # steady traffic every release then rides with a request, none costs a call).
+            self._flush = loop.call_at(due, self._start_flush)
+        elif self._flushing is None or self._flushing.done():
             self._flushing = asyncio.ensure_future(self.flush())
 
     async def flush(self) -> None:

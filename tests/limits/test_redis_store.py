@@ -83,6 +83,42 @@ async def test_one_script_call_per_acquire_carrying_the_releases(
     await store.aclose()
 
 
+async def test_the_flush_timer_leaves_a_fresh_release_for_the_next_request(
+    store: RedisStore, redis_server: RedisServer
+) -> None:
+    """The timer set by an earlier release fires after a request took that release along: the
+    release queued since is younger than the flush delay and waits for its own deadline (or
+    the next request) instead of costing a call of its own."""
+    scopes = [("acme", LIMITS)]
+    await store.acquire(scopes, "a")
+    store.release(scopes, "a", [1])  # sets the timer
+    await store.acquire(scopes, "b")  # takes a's release along
+    store.release(scopes, "b", [1])  # queued now
+    calls = evalsha_calls(redis_server.port)
+    store._start_flush()  # what the timer does when it fires
+    await asyncio.sleep(0)
+    assert store.queued == 1
+    assert evalsha_calls(redis_server.port) == calls
+    await store.flush()
+    assert store.queued == 0
+    assert evalsha_calls(redis_server.port) == calls + 1
+    await store.aclose()
+
+
+async def test_a_lone_release_is_sent_by_the_timer(
+    store: RedisStore, redis_server: RedisServer
+) -> None:
+    scopes = [("acme", LIMITS)]
+    await store.acquire(scopes, "a")
+    store.release(scopes, "a", [1])
+    for _ in range(200):  # no request follows: the timer sends it (normally after 50 ms)
+        if store.queued == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert redis_command(redis_server.port, "ZCARD", "t:{acme}:inflight") == b":0\r\n"
+    await store.aclose()
+
+
 async def test_the_script_is_sent_again_when_redis_lost_it(
     store: RedisStore, redis_server: RedisServer
 ) -> None:
