@@ -24,16 +24,29 @@ none always follows the same one.
                   within 50 ms (off the request path)
   PING floor      p50 of a bare redis-py asyncio PING from this process: one round trip
 
+`--compare REV` adds a fourth gateway, `redis@REV`: the same Redis limits (own key prefix)
+served by the code of commit REV (extracted with `git archive`), measured in the same
+shuffled rounds, so machine noise hits both sides of the comparison alike.
+
+The store alone (no gateway, no HTTP): `--store-calls N` runs N sequential acquire + release
+pairs of RedisStore against the same redis-server in a fresh process per tree (this tree, and
+REV with --compare), alternating twice, and prints wall and CPU microseconds per acquire;
+`--profile` adds a cProfile of this tree's loop (the top functions by own time).
+
 Run: .venv/bin/python benchmarks/bench_limits.py [--requests 1000] [--warmup 100]
+       [--compare REV] [--store-calls 3000] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import random
 import shutil
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from moderation_client import chat
-from moderation_procs import Child, gateway, upstream_double
+from moderation_procs import ROOT, Child, gateway, snapshot, upstream_double
 
 from tests.redis_server import RedisServer
 
@@ -129,6 +142,55 @@ def redis_py_ping_p50_ms(url: str, n: int = 1000) -> float:
     return asyncio.run(run())
 
 
+# Run in a fresh interpreter whose PYTHONPATH is the tree under test: argv url, calls, profile.
+STORE_LOOP = """
+import asyncio, cProfile, pstats, sys, time
+from proxy.limits.spec import Limits
+from proxy.limits.store import RedisStore
+
+url, calls, profile = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+scopes = [("loop", Limits(requests=10_000_000, tokens=10_000_000_000, concurrent=10_000))]
+
+async def run() -> None:
+    store = RedisStore(url, prefix="loop", timeout_s=0.25, lease_ms=60_000)
+    for i in range(200):  # warm-up: connection, script cache
+        await store.acquire(scopes, f"w{i}")
+        store.release(scopes, f"w{i}", [10])
+    prof = cProfile.Profile() if profile else None
+    wall, cpu = time.perf_counter(), time.process_time()
+    if prof:
+        prof.enable()
+    for i in range(calls):
+        await store.acquire(scopes, f"m{i}")
+        store.release(scopes, f"m{i}", [10])
+    if prof:
+        prof.disable()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(f"{wall * 1e6 / calls:.1f} {cpu * 1e6 / calls:.1f}")
+    await store.aclose()
+    if prof:
+        pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(20)
+
+asyncio.run(run())
+"""
+
+
+def store_loop(root: Path, url: str, calls: int, profile: bool = False) -> tuple[float, float, str]:
+    """(wall, CPU) microseconds per acquire + release of RedisStore from `root`'s code, and
+    the cProfile listing when `profile`."""
+    done = subprocess.run(
+        [sys.executable, "-c", STORE_LOOP, url, str(calls), "1" if profile else "0"],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    wall, cpu = done.stdout.split()
+    listing = done.stderr.replace(str(Path(sys.prefix)), "<venv>") if profile else ""
+    return float(wall), float(cpu), listing
+
+
 def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1]
 
@@ -137,7 +199,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--compare", metavar="REV", help="also measure commit REV's gateway")
+    parser.add_argument("--store-calls", type=int, default=0, metavar="N")
+    parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
+    if args.profile and not args.store_calls:
+        args.store_calls = 3000
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is not installed (apt-get install -y redis-server)")
@@ -145,67 +212,97 @@ def main() -> None:
     redis.start()
     redis_pid = redis.proc.pid if redis.proc else 0
     try:
-        with tempfile.TemporaryDirectory() as tmpdir, upstream_double() as up:
+        with (
+            tempfile.TemporaryDirectory() as tmpdir,
+            upstream_double() as up,
+            contextlib.ExitStack() as stack,
+        ):
             tmp = Path(tmpdir)
             variants = [
                 Variant("off", None),
                 Variant("local", {"tenants": {"bench": LIMITS}}),
                 Variant("redis", {"redis_url": redis.url, "tenants": {"bench": LIMITS}}),
             ]
+            roots = [ROOT, ROOT, ROOT]
+            other: Path | None = None
+            if args.compare:
+                other = tmp / "compare"
+                commit = snapshot(other, args.compare)
+                limits = {"redis_url": redis.url, "key_prefix": "bench-compare"}
+                variants.append(
+                    Variant(f"redis@{commit}", {**limits, "tenants": {"bench": LIMITS}})
+                )
+                roots.append(other)
+            if args.store_calls:
+                trees = [("this tree", ROOT)] + ([(f"@{commit}", other)] if other else [])
+                loops: dict[str, list[tuple[float, float, str]]] = {name: [] for name, _ in trees}
+                for _ in range(2):
+                    for name, root in trees:
+                        loops[name].append(store_loop(root, redis.url, args.store_calls))
             log = (tmp / "gateways.log").open("wb")
-            with (
-                gateway(config(tmp, up.url, variants[0].limits), log) as g0,
-                gateway(config(tmp, up.url, variants[1].limits), log) as g1,
-                gateway(config(tmp, up.url, variants[2].limits), log) as g2,
-            ):
-                gws: list[Child] = [g0, g1, g2]
-                clients = [httpx.Client(timeout=30) for _ in gws]
-                headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
-                for _ in range(args.warmup):
-                    for client, gw in zip(clients, gws, strict=True):
-                        assert (
-                            chat(client, gw.url + "/v1/chat/completions", BODY, headers).status
-                            == 200
-                        )
-                calls0 = evalsha_calls(redis.port)
-                cpu0 = [gw.cpu_s() for gw in gws]
-                redis_cpu0 = Child("", redis_pid).cpu_s()
-                rng = random.Random(12)
-                order = list(zip(clients, gws, variants, strict=True))
-                for _ in range(args.requests):
-                    rng.shuffle(order)
-                    for client, gw, v in order:
-                        sample = chat(client, gw.url + "/v1/chat/completions", BODY, headers)
-                        assert sample.status == 200, sample.status
-                        if v.limits is not None:
-                            assert "x-ratelimit-limit-requests" in sample.headers
-                            assert "x-guardline-limits" not in sample.headers
-                        v.samples.append(sample.total_ms)
-                for gw, v, c0 in zip(gws, variants, cpu0, strict=True):
-                    v.cpu_s = gw.cpu_s() - c0
-                redis_cpu = Child("", redis_pid).cpu_s() - redis_cpu0
-                calls = evalsha_calls(redis.port) - calls0
-                ping_ms = redis_py_ping_p50_ms(redis.url)
-                for client in clients:
-                    client.close()
+            gws: list[Child] = [
+                stack.enter_context(gateway(config(tmp, up.url, v.limits), log, root=root))
+                for v, root in zip(variants, roots, strict=True)
+            ]
+            clients = [httpx.Client(timeout=30) for _ in gws]
+            headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
+            for _ in range(args.warmup):
+                for client, gw in zip(clients, gws, strict=True):
+                    assert (
+                        chat(client, gw.url + "/v1/chat/completions", BODY, headers).status == 200
+                    )
+            calls0 = evalsha_calls(redis.port)  # all Redis gateways together
+            cpu0 = [gw.cpu_s() for gw in gws]
+            redis_cpu0 = Child("", redis_pid).cpu_s()
+            rng = random.Random(12)
+            order = list(zip(clients, gws, variants, strict=True))
+            for _ in range(args.requests):
+                rng.shuffle(order)
+                for client, gw, v in order:
+                    sample = chat(client, gw.url + "/v1/chat/completions", BODY, headers)
+                    assert sample.status == 200, sample.status
+                    if v.limits is not None:
+                        assert "x-ratelimit-limit-requests" in sample.headers
+                        assert "x-guardline-limits" not in sample.headers
+                    v.samples.append(sample.total_ms)
+            for gw, v, c0 in zip(gws, variants, cpu0, strict=True):
+                v.cpu_s = gw.cpu_s() - c0
+            redis_cpu = Child("", redis_pid).cpu_s() - redis_cpu0
+            calls = evalsha_calls(redis.port) - calls0
+            ping_ms = redis_py_ping_p50_ms(redis.url)
+            profile = store_loop(ROOT, redis.url, args.store_calls, True) if args.profile else None
+            for client in clients:
+                client.close()
     finally:
         redis.stop()
     n = args.requests
     base = statistics.median(variants[0].samples)
+    base_cpu = variants[0].cpu_s * 1000 / n
     print(f"{n} measured requests per gateway (after {args.warmup} warm-up), interleaved\n")
-    print("| gateway | p50 ms | p99 ms | added p50 ms | CPU ms/req |")
-    print("|---|---:|---:|---:|---:|")
+    print("| gateway | p50 ms | p99 ms | added p50 ms | CPU ms/req | added CPU ms/req |")
+    print("|---|---:|---:|---:|---:|---:|")
     for v in variants:
         p50 = statistics.median(v.samples)
+        cpu = v.cpu_s * 1000 / n
         print(
             f"| {v.name} | {p50:.3f} | {pct(v.samples, 99):.3f} | {p50 - base:+.3f} | "
-            f"{v.cpu_s * 1000 / n:.3f} |"
+            f"{cpu:.3f} | {cpu - base_cpu:+.3f} |"
         )
+    on_redis = sum(1 for v in variants if v.limits and "redis_url" in v.limits)
     print(
-        f"\nredis-server CPU ms/req: {redis_cpu * 1000 / n:.3f}; "
-        f"EVALSHA calls per request: {calls / n:.2f}; "
+        f"\nredis-server CPU ms/req (all Redis gateways): {redis_cpu * 1000 / n:.3f}; "
+        f"EVALSHA calls per request: {calls / n / on_redis:.2f}; "
         f"redis-py PING round trip p50 (the floor of one call): {ping_ms:.3f} ms"
     )
+    if args.store_calls:
+        print(f"\nRedisStore alone, {args.store_calls} acquire + release, two alternating runs:")
+        for name, runs in loops.items():
+            text = ", ".join(f"{wall:.1f} us wall / {cpu:.1f} us CPU" for wall, cpu, _ in runs)
+            print(f"  {name}: {text} per acquire")
+    if profile is not None:
+        wall, cpu, listing = profile
+        print(f"\nProfiled run of this tree ({wall:.1f} us wall / {cpu:.1f} us CPU per acquire):")
+        print(listing)
 
 
 if __name__ == "__main__":
