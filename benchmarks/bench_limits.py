@@ -24,9 +24,10 @@ none always follows the same one.
                   within 50 ms (off the request path)
   PING floor      p50 of a bare redis-py asyncio PING from this process: one round trip
 
-`--compare REV` adds a fourth gateway, `redis@REV`: the same Redis limits (own key prefix)
-served by the code of commit REV (extracted with `git archive`), measured in the same
-shuffled rounds, so machine noise hits both sides of the comparison alike.
+`--compare REV` adds a fourth gateway, `redis@REV`: the same Redis limits served by the code
+of commit REV (extracted with `git archive`) with a redis-server of its own (so calls and Redis
+CPU per request are each gateway's own), measured in the same shuffled rounds, so machine
+noise hits both sides of the comparison alike.
 
 The store alone (no gateway, no HTTP): `--store-calls N` runs N sequential acquire + release
 pairs of RedisStore against the same redis-server in a fresh process per tree (this tree, and
@@ -123,6 +124,10 @@ def evalsha_calls(port: int) -> int:
     return 0
 
 
+def server_cpu_s(server: RedisServer) -> float:
+    return Child("", server.proc.pid if server.proc else 0).cpu_s()
+
+
 def redis_py_ping_p50_ms(url: str, n: int = 1000) -> float:
     """The floor: one redis-py asyncio PING round trip, from this process, on this machine."""
     import asyncio
@@ -210,7 +215,11 @@ def main() -> None:
         raise SystemExit("redis-server is not installed (apt-get install -y redis-server)")
     redis = RedisServer(binary)
     redis.start()
-    redis_pid = redis.proc.pid if redis.proc else 0
+    # The compared commit's gateway gets a redis-server of its own (when --compare).
+    other_redis = RedisServer(binary)
+    if args.compare:
+        other_redis.start()
+    servers: dict[str, RedisServer] = {"redis": redis}
     try:
         with (
             tempfile.TemporaryDirectory() as tmpdir,
@@ -228,10 +237,9 @@ def main() -> None:
             if args.compare:
                 other = tmp / "compare"
                 commit = snapshot(other, args.compare)
-                limits = {"redis_url": redis.url, "key_prefix": "bench-compare"}
-                variants.append(
-                    Variant(f"redis@{commit}", {**limits, "tenants": {"bench": LIMITS}})
-                )
+                limits = {"redis_url": other_redis.url, "tenants": {"bench": LIMITS}}
+                variants.append(Variant(f"redis@{commit}", limits))
+                servers[variants[-1].name] = other_redis
                 roots.append(other)
             if args.store_calls:
                 trees = [("this tree", ROOT)] + ([(f"@{commit}", other)] if other else [])
@@ -251,9 +259,9 @@ def main() -> None:
                     assert (
                         chat(client, gw.url + "/v1/chat/completions", BODY, headers).status == 200
                     )
-            calls0 = evalsha_calls(redis.port)  # all Redis gateways together
+            calls0 = {name: evalsha_calls(srv.port) for name, srv in servers.items()}
             cpu0 = [gw.cpu_s() for gw in gws]
-            redis_cpu0 = Child("", redis_pid).cpu_s()
+            redis_cpu0 = {name: server_cpu_s(srv) for name, srv in servers.items()}
             rng = random.Random(12)
             order = list(zip(clients, gws, variants, strict=True))
             for _ in range(args.requests):
@@ -267,14 +275,17 @@ def main() -> None:
                     v.samples.append(sample.total_ms)
             for gw, v, c0 in zip(gws, variants, cpu0, strict=True):
                 v.cpu_s = gw.cpu_s() - c0
-            redis_cpu = Child("", redis_pid).cpu_s() - redis_cpu0
-            calls = evalsha_calls(redis.port) - calls0
+            redis_cpu = {
+                name: server_cpu_s(srv) - redis_cpu0[name] for name, srv in servers.items()
+            }
+            calls = {name: evalsha_calls(srv.port) - calls0[name] for name, srv in servers.items()}
             ping_ms = redis_py_ping_p50_ms(redis.url)
             profile = store_loop(ROOT, redis.url, args.store_calls, True) if args.profile else None
             for client in clients:
                 client.close()
     finally:
         redis.stop()
+        other_redis.stop()
     n = args.requests
     base = statistics.median(variants[0].samples)
     base_cpu = variants[0].cpu_s * 1000 / n
@@ -288,12 +299,13 @@ def main() -> None:
             f"| {v.name} | {p50:.3f} | {pct(v.samples, 99):.3f} | {p50 - base:+.3f} | "
             f"{cpu:.3f} | {cpu - base_cpu:+.3f} |"
         )
-    on_redis = sum(1 for v in variants if v.limits and "redis_url" in v.limits)
-    print(
-        f"\nredis-server CPU ms/req (all Redis gateways): {redis_cpu * 1000 / n:.3f}; "
-        f"EVALSHA calls per request: {calls / n / on_redis:.2f}; "
-        f"redis-py PING round trip p50 (the floor of one call): {ping_ms:.3f} ms"
-    )
+    print()
+    for name in servers:
+        print(
+            f"{name}: redis-server CPU ms/req {redis_cpu[name] * 1000 / n:.3f}, "
+            f"EVALSHA calls per request {calls[name] / n:.2f}"
+        )
+    print(f"redis-py PING round trip p50 (the floor of one call): {ping_ms:.3f} ms")
     if args.store_calls:
         print(f"\nRedisStore alone, {args.store_calls} acquire + release, two alternating runs:")
         for name, runs in loops.items():
