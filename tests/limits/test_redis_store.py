@@ -1,14 +1,19 @@
 """RedisStore against a real redis-server: what the lean script call must keep doing.
 
 One EVALSHA per acquire (releases ride along), the script reloaded after Redis lost it,
-concurrent calls each on their own connection, keys and members packed byte-exact, and a
-connection that timed out closed.
+concurrent calls each on their own connection, keys and members packed byte-exact, a
+connection that timed out closed, and a unix-socket URL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -187,3 +192,36 @@ async def test_a_call_that_times_out_closes_its_connection_and_keeps_the_release
     finally:
         await store.aclose()
         listener.close()
+
+
+@pytest.fixture
+def unix_redis(tmp_path: Path) -> Iterator[Path]:
+    """A real redis-server listening on a unix socket only."""
+    binary = shutil.which("redis-server")
+    assert binary is not None, "redis-server is not installed (apt-get install -y redis-server)"
+    path = tmp_path / "redis.sock"
+    server = subprocess.Popen(
+        [binary, "--port", "0", "--unixsocket", str(path), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(400):  # until it listens
+            if path.exists():
+                break
+            assert server.poll() is None, "redis-server exited"
+            time.sleep(0.05)
+        yield path
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+async def test_a_unix_socket_url_works(unix_redis: Path) -> None:
+    """The connections come from redis-py's URL parsing: a Redis on this host's unix socket."""
+    store = RedisStore(f"unix://{unix_redis}?db=0", prefix="t", timeout_s=1.0, lease_ms=60_000)
+    try:
+        [first] = await store.acquire([("acme", LIMITS)], "a")
+        [second] = await store.acquire([("acme", LIMITS)], "b")
+        assert (first.requests_used, second.requests_used) == (1, 2)
+    finally:
+        await store.aclose()
