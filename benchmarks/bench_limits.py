@@ -31,8 +31,11 @@ noise hits both sides of the comparison alike.
 
 The store alone (no gateway, no HTTP): `--store-calls N` runs N sequential acquire + release
 pairs of RedisStore against the same redis-server in a fresh process per tree (this tree, and
-REV with --compare), alternating twice, and prints wall and CPU microseconds per acquire;
-`--profile` adds a cProfile of this tree's loop (the top functions by own time).
+REV with --compare), alternating twice, and prints wall and CPU microseconds per acquire,
+Redis's own time per script call (INFO commandstats), and, in a second process, the p50 of
+an acquire and of a PING each after an idle gap of 2 and 10 ms (as a gateway is between
+sequential requests: the wake-up of both processes counts); `--profile` adds a cProfile of
+this tree's loop (the top functions by own time).
 
 Run: .venv/bin/python benchmarks/bench_limits.py [--requests 1000] [--warmup 100]
        [--compare REV] [--store-calls 3000] [--profile]
@@ -153,7 +156,8 @@ import asyncio, cProfile, pstats, sys, time
 from proxy.limits.spec import Limits
 from proxy.limits.store import RedisStore
 
-url, calls, profile = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+url, calls, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]  # loop, profile or idle
+profile = mode == "profile"
 scopes = [("loop", Limits(requests=10_000_000, tokens=10_000_000_000, concurrent=10_000))]
 
 async def run() -> None:
@@ -161,6 +165,9 @@ async def run() -> None:
     for i in range(200):  # warm-up: connection, script cache
         await store.acquire(scopes, f"w{i}")
         store.release(scopes, f"w{i}", [10])
+    if mode == "idle":
+        await idle(store)
+        return
     prof = cProfile.Profile() if profile else None
     wall, cpu = time.perf_counter(), time.process_time()
     if prof:
@@ -176,24 +183,69 @@ async def run() -> None:
     if prof:
         pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(20)
 
+async def idle(store) -> None:
+    # After an idle gap (as between a gateway's requests): the wake-up on both sides counts.
+    parts = []
+    for gap in (0.002, 0.010):
+        acq, ping = [], []
+        for i in range(200):
+            await asyncio.sleep(gap)
+            start = time.perf_counter()
+            await store.acquire(scopes, f"g{gap}-{i}")
+            acq.append(time.perf_counter() - start)
+            store.release(scopes, f"g{gap}-{i}", [10])
+            await asyncio.sleep(gap)
+            start = time.perf_counter()
+            await store.ping()
+            ping.append(time.perf_counter() - start)
+        acq.sort(), ping.sort()
+        a, p = acq[100] * 1e6, ping[100] * 1e6
+        parts.append(f"{gap * 1000:g} ms: acquire {a:.0f} / PING {p:.0f}")
+    print("; ".join(parts))
+    await store.aclose()
+
 asyncio.run(run())
 """
 
 
-def store_loop(root: Path, url: str, calls: int, profile: bool = False) -> tuple[float, float, str]:
-    """(wall, CPU) microseconds per acquire + release of RedisStore from `root`'s code, and
-    the cProfile listing when `profile`."""
-    done = subprocess.run(
-        [sys.executable, "-c", STORE_LOOP, url, str(calls), "1" if profile else "0"],
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root)},
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+@dataclass
+class StoreLoop:
+    wall_us: float  # per acquire + release, back to back
+    cpu_us: float
+    script_us: float  # Redis's own time per EVALSHA (INFO commandstats usec_per_call)
+    idle: str  # p50 microseconds of an acquire and of a PING after idle gaps
+    listing: str  # the cProfile listing, when profiled
+
+
+def redis_command(port: int, line: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), 2) as s:
+        s.sendall(line.encode() + b"\r\n")
+        return s.recv(65536)
+
+
+def store_loop(root: Path, server: RedisServer, calls: int, profile: bool = False) -> StoreLoop:
+    """RedisStore from `root`'s code, alone, in a fresh process."""
+    assert redis_command(server.port, "CONFIG RESETSTAT").startswith(b"+OK")
+
+    def run(mode: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", STORE_LOOP, server.url, str(calls), mode],
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root)},
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+
+    done = run("profile" if profile else "loop")
     wall, cpu = done.stdout.split()
+    script_us = 0.0
+    for line in redis_info(server.port, "commandstats").splitlines():
+        if line.startswith("cmdstat_evalsha:"):
+            script_us = float(line.split("usec_per_call=")[1].split(",")[0])
     listing = done.stderr.replace(str(Path(sys.prefix)), "<venv>") if profile else ""
-    return float(wall), float(cpu), listing
+    idle = "" if profile else run("idle").stdout.strip()
+    return StoreLoop(float(wall), float(cpu), script_us, idle, listing)
 
 
 def pct(values: list[float], q: int) -> float:
@@ -243,10 +295,10 @@ def main() -> None:
                 roots.append(other)
             if args.store_calls:
                 trees = [("this tree", ROOT)] + ([(f"@{commit}", other)] if other else [])
-                loops: dict[str, list[tuple[float, float, str]]] = {name: [] for name, _ in trees}
+                loops: dict[str, list[StoreLoop]] = {name: [] for name, _ in trees}
                 for _ in range(2):
                     for name, root in trees:
-                        loops[name].append(store_loop(root, redis.url, args.store_calls))
+                        loops[name].append(store_loop(root, redis, args.store_calls))
             log = (tmp / "gateways.log").open("wb")
             gws: list[Child] = [
                 stack.enter_context(gateway(config(tmp, up.url, v.limits), log, root=root))
@@ -280,7 +332,7 @@ def main() -> None:
             }
             calls = {name: evalsha_calls(srv.port) - calls0[name] for name, srv in servers.items()}
             ping_ms = redis_py_ping_p50_ms(redis.url)
-            profile = store_loop(ROOT, redis.url, args.store_calls, True) if args.profile else None
+            profile = store_loop(ROOT, redis, args.store_calls, True) if args.profile else None
             for client in clients:
                 client.close()
     finally:
@@ -309,12 +361,17 @@ def main() -> None:
     if args.store_calls:
         print(f"\nRedisStore alone, {args.store_calls} acquire + release, two alternating runs:")
         for name, runs in loops.items():
-            text = ", ".join(f"{wall:.1f} us wall / {cpu:.1f} us CPU" for wall, cpu, _ in runs)
-            print(f"  {name}: {text} per acquire")
+            for r in runs:
+                print(
+                    f"  {name}: {r.wall_us:.1f} us wall / {r.cpu_us:.1f} us CPU per acquire, "
+                    f"script {r.script_us:.1f} us in Redis; after idle {r.idle} (p50 us)"
+                )
     if profile is not None:
-        wall, cpu, listing = profile
-        print(f"\nProfiled run of this tree ({wall:.1f} us wall / {cpu:.1f} us CPU per acquire):")
-        print(listing)
+        print(
+            f"\nProfiled run of this tree ({profile.wall_us:.1f} us wall / "
+            f"{profile.cpu_us:.1f} us CPU per acquire):"
+        )
+        print(profile.listing)
 
 
 if __name__ == "__main__":
