@@ -36,7 +36,12 @@ class ScriptClient:
     def __init__(self, url: str, script: str, *, timeout_s: float) -> None:
         from redis.asyncio import ConnectionPool
         from redis.backoff import NoBackoff
+        from redis.exceptions import NoScriptError, ResponseError
         from redis.retry import Retry
+
+        # Imported here, not at module level: a gateway without Redis never loads redis-py.
+        self._no_script: type[Exception] = NoScriptError
+        self._error_reply: type[Exception] = ResponseError
 
         # Only used for its URL parsing and connection settings, never to check out.
         self._settings: Any = ConnectionPool.from_url(
@@ -59,19 +64,15 @@ class ScriptClient:
         then the arguments). Raises on connection errors, timeouts and script errors."""
         tail = bulk(b"%d" % numkeys) + parts
         header = b"*%d\r\n" % (count + 3)
-        from redis.exceptions import NoScriptError
-
         try:
             return await self._roundtrip(header + self._evalsha + tail)
-        except NoScriptError:
+        except self._no_script:
             return await self._roundtrip(header + self._eval + tail)
 
     async def ping(self) -> bool:
         return bool(await self._roundtrip(b"*1\r\n$4\r\nPING\r\n"))
 
     async def _roundtrip(self, packed: bytes) -> Any:
-        from redis.exceptions import ResponseError
-
         if self._idle:
             conn = self._idle.pop()
             # A connection that is already up has only the call itself to do.
@@ -84,7 +85,7 @@ class ScriptClient:
             async with asyncio.timeout(limit):
                 await conn.send_packed_command(packed, check_health=False)
                 reply = await conn.read_response()
-        except ResponseError:
+        except self._error_reply:
             self._idle.append(conn)  # an error reply: the connection is in step
             raise
         except BaseException:
