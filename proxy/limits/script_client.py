@@ -53,7 +53,9 @@ class ScriptClient:
             health_check_interval=0,
         )
         body = script.encode()
-        self._evalsha = bulk(b"EVALSHA") + bulk(sha1(body).hexdigest().encode())
+        # Redis names cached scripts by their SHA-1 (an id, not a security use).
+        sha = sha1(body, usedforsecurity=False).hexdigest()
+        self._evalsha = bulk(b"EVALSHA") + bulk(sha.encode())
         self._eval = bulk(b"EVAL") + bulk(body)
         self._timeout_s = timeout_s
         self._idle: list[Any] = []  # connected, nothing pending: ready for a call
