@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from proxy.limits.script_client import ScriptClient, bulk
 from proxy.limits.spec import WINDOW_MS, Limits
 
 
@@ -313,68 +314,82 @@ MAX_BATCH = 64
 MAX_QUEUED = 100_000  # Redis down for long: the oldest releases are dropped (leases expire)
 
 
+@dataclass(frozen=True, slots=True)
+class _PackedScope:
+    """A scope's parts of the script call, packed once (RESP bulks): they repeat every call."""
+
+    keys: bytes  # its requests log, tokens window and leases keys
+    limits: bytes  # its requests, tokens and concurrency limits
+    release_keys: bytes  # its tokens window and leases keys (a release of this scope)
+
+
+# A queued release: its scope's packed keys, its tokens, its member's lease to end ('' none),
+# and when it was queued (event loop time).
+_Release = tuple[bytes, int, str, float]
+
+MAX_PACKED_SCOPES = 10_000  # scopes come from the config; a bound all the same
+
+
 class RedisStore:
     """Counters in Redis, shared by every replica: one script call (EVALSHA) per request.
 
     `release` only queues: the next `acquire` on this replica sends the queued releases in the
     same script call, before its own check (so a finished request's slot and tokens count for
-    it), and a timer sends them alone after FLUSH_DELAY_S when no request came meanwhile. Socket
-    timeouts are short and there are no client-side retries: an unreachable Redis fails the
-    call fast and the caller applies `on_redis_error`; releases that could not be sent are
-    queued again. The client reconnects by itself on a later call: recovery needs nothing.
+    it), and a timer sends them alone after FLUSH_DELAY_S when no request came meanwhile. Calls
+    are short-timed and never retried: an unreachable Redis fails the call fast and the caller
+    applies `on_redis_error`; releases that could not be sent are queued again. A failed
+    connection is replaced on a later call: recovery needs nothing. The call itself is packed
+    from cached bytes and sent over a lean client (proxy/limits/script_client.py).
     """
 
     def __init__(self, url: str, *, prefix: str, timeout_s: float, lease_ms: float) -> None:
-        from redis.asyncio import Redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        self._redis: Any = Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False,
-            health_check_interval=0,
-            decode_responses=False,
-        )
-        self._step = self._redis.register_script(_STEP)
+        self._client = ScriptClient(url, _STEP, timeout_s=timeout_s)
         self._prefix = prefix
-        self._timeout_s = timeout_s
-        self._lease = str(int(lease_ms))
-        self._window = str(WINDOW_MS)
-        self._queued: collections.deque[tuple[str, str, int, str]] = collections.deque()
+        self._fixed_args = bulk(b"%d" % int(lease_ms)) + bulk(b"%d" % WINDOW_MS)
+        self._packed: dict[Scope, _PackedScope] = {}
+        self._queued: collections.deque[_Release] = collections.deque()
         self._flush: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
 
-    def _keys(self, key: str) -> tuple[str, str, str]:
-        base = f"{self._prefix}:{{{key}}}"
-        return f"{base}:req", f"{base}:tok", f"{base}:inflight"
+    def _pack(self, scope: Scope) -> _PackedScope:
+        packed = self._packed.get(scope)
+        if packed is None:
+            key, limits = scope
+            base = f"{self._prefix}:{{{key}}}".encode()
+            tok, inflight = bulk(base + b":tok"), bulk(base + b":inflight")
+            packed = _PackedScope(
+                keys=bulk(base + b":req") + tok + inflight,
+                limits=b"".join(
+                    bulk(b"%d" % n) for n in (limits.requests, limits.tokens, limits.concurrent)
+                ),
+                release_keys=tok + inflight,
+            )
+            if len(self._packed) >= MAX_PACKED_SCOPES:
+                self._packed.clear()
+            self._packed[scope] = packed
+        return packed
 
-    def _take(self) -> list[tuple[str, str, int, str]]:
+    def _take(self) -> list[_Release]:
         n = min(len(self._queued), MAX_BATCH)
         return [self._queued.popleft() for _ in range(n)]
 
-    def _requeue(self, batch: list[tuple[str, str, int, str]]) -> None:
+    def _requeue(self, batch: list[_Release]) -> None:
         self._queued.extendleft(reversed(batch))
         while len(self._queued) > MAX_QUEUED:
             self._queued.pop()
 
-    async def _call(
-        self, scopes: Sequence[Scope], member: str, batch: list[tuple[str, str, int, str]]
-    ) -> Any:
-        keys: list[str] = []
-        args: list[str | int] = [len(scopes), member, self._lease, self._window]
-        for key, limits in scopes:
-            keys += self._keys(key)
-            args += (limits.requests, limits.tokens, limits.concurrent)
-        for tok, inflight, tokens, done in batch:
-            keys += (tok, inflight)
-            args += (tokens, done)
+    async def _call(self, scopes: Sequence[Scope], member: str, batch: list[_Release]) -> Any:
+        packed = [self._pack(scope) for scope in scopes]
+        # KEYS: per scope 3, per release 2; ARGV: 4, per scope 3, per release 2.
+        parts = [p.keys for p in packed]
+        parts += [keys for keys, _, _, _ in batch]
+        parts += (bulk(b"%d" % len(scopes)), bulk(member.encode()), self._fixed_args)
+        parts += [p.limits for p in packed]
+        for _, tokens, done, _ in batch:
+            parts += (bulk(b"%d" % tokens), bulk(done.encode()))
+        count = 6 * len(scopes) + 4 * len(batch) + 4
         try:
-            # A hard cap over the socket timeouts (connect + one call): nothing can hang.
-            async with asyncio.timeout(self._timeout_s * 3):
-                return await self._step(keys=keys, args=args)
+            return await self._client.run(count, 3 * len(scopes) + 2 * len(batch), b"".join(parts))
         except BaseException:
             self._requeue(batch)
             raise
@@ -391,17 +406,33 @@ class RedisStore:
         return decisions
 
     def release(self, scopes: Sequence[Scope], member: str, amounts: Sequence[int]) -> None:
-        for (key, limits), tokens in zip(scopes, amounts, strict=True):
-            _, tok, inflight = self._keys(key)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for scope, tokens in zip(scopes, amounts, strict=True):
+            limits = scope[1]
             self._queued.append(
-                (tok, inflight, tokens if limits.tokens else 0, member if limits.concurrent else "")
+                (
+                    self._pack(scope).release_keys,
+                    tokens if limits.tokens else 0,
+                    member if limits.concurrent else "",
+                    now,
+                )
             )
         if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(FLUSH_DELAY_S, self._start_flush)
+            self._flush = loop.call_later(FLUSH_DELAY_S, self._start_flush)
 
     def _start_flush(self) -> None:
         self._flush = None
-        if self._queued and (self._flushing is None or self._flushing.done()):
+        if not self._queued:
+            return
+        loop = asyncio.get_running_loop()
+        due = self._queued[0][3] + FLUSH_DELAY_S
+        if due > loop.time() + 0.001:  # (timers may fire a hair early)
+            # The releases this timer was set for went out with a request meanwhile; the
+            # oldest one left is younger: wait for its own deadline, not flush it early (under
+            # steady traffic every release then rides with a request, none costs a call).
+            self._flush = loop.call_at(due, self._start_flush)
+        elif self._flushing is None or self._flushing.done():
             self._flushing = asyncio.ensure_future(self.flush())
 
     async def flush(self) -> None:
@@ -420,8 +451,7 @@ class RedisStore:
         return len(self._queued)
 
     async def ping(self) -> bool:
-        async with asyncio.timeout(self._timeout_s * 3):
-            return bool(await self._redis.ping())
+        return await self._client.ping()
 
     async def aclose(self) -> None:
         if self._flush is not None:
@@ -429,4 +459,4 @@ class RedisStore:
             self._flush = None
         with contextlib.suppress(Exception):
             await self.flush()
-        await self._redis.aclose()
+        await self._client.aclose()
