@@ -45,6 +45,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from docs_block import replace_block
 from moderation_client import Series, chat, guard_round_trip, server_timing
 from moderation_procs import ROOT, gateway, guard_double, snapshot, upstream_double
 
@@ -202,15 +203,7 @@ def table(rows: list[Row], guard_ms: float) -> str:
 
 def write_docs(block: str, path: Path = ROOT / "docs" / "benchmarks.md") -> None:
     """Replace this benchmark's generated block (the prose around it stays)."""
-    text = path.read_text() if path.exists() else ""
-    generated = f"{BEGIN}\n{block}\n{END}"
-    if BEGIN in text and END in text:
-        before, _, rest = text.partition(BEGIN)
-        _, _, after = rest.partition(END)
-        text = before + generated + after
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{generated}\n"
-    path.write_text(text)
+    replace_block(path, begin=BEGIN, end=END, section=SECTION, block=block)
 
 
 def main() -> int:
