@@ -77,3 +77,9 @@ def where_clause(
         where.append(f"disagreement = {p}")
         params.append(disagreement if dialect is POSTGRES else int(disagreement))
     return (" WHERE " + " AND ".join(where) if where else ""), params
+
+
+def id_prefix_pattern(prefix: str) -> str:
+    """A LIKE pattern (with ESCAPE '\\') matching ids that start with `prefix` literally."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"

@@ -22,7 +22,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 
 from proxy.audit.errors import AuditStoreUnavailable
-from proxy.audit.filters import POSTGRES, where_clause
+from proxy.audit.filters import POSTGRES, id_prefix_pattern, where_clause
 from proxy.audit.migrations import (
     LATEST_VERSION,
     POSTGRES_MIGRATION_LOCK,
@@ -252,11 +252,10 @@ class PostgresAuditStore:
 
     def find_ids(self, prefix: str, limit: int = 2) -> list[str]:
         """Ids starting with `prefix` (for `guardline audit show` with a shortened id)."""
-        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         rows = self._call(
             lambda conn: conn.execute(
                 "SELECT id FROM audit WHERE id LIKE %s ESCAPE '\\' ORDER BY id LIMIT %s",
-                (escaped + "%", limit),
+                (id_prefix_pattern(prefix), limit),
             ).fetchall()
         )
         return [row["id"] for row in rows]

@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import orjson
 
-from proxy.audit.filters import SQLITE, where_clause
+from proxy.audit.filters import SQLITE, id_prefix_pattern, where_clause
 from proxy.audit.migrations import (
     LATEST_VERSION,
     SQLITE_MIGRATIONS,
@@ -219,11 +219,10 @@ class AuditStore:
 
     def find_ids(self, prefix: str, limit: int = 2) -> list[str]:
         """Ids starting with `prefix` (for `guardline audit show` with a shortened id)."""
-        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         with self._lock:
             rows = self._db.execute(
                 "SELECT id FROM audit WHERE id LIKE ? ESCAPE '\\' ORDER BY id LIMIT ?",
-                (escaped + "%", limit),
+                (id_prefix_pattern(prefix), limit),
             ).fetchall()
         return [row["id"] for row in rows]
 

@@ -27,6 +27,7 @@ from proxy.audit.store import AuditStore
 from proxy.cli import main
 from proxy.config import load_config
 from tests.conftest_servers import run_server
+from tests.distill.configs import minimal_config
 from tests.doubles.sglang_server import SGLangDouble, start_sglang_double
 from tests.doubles.upstream import UpstreamDouble
 
@@ -277,16 +278,6 @@ def test_distill_names_a_policy_no_route_uses(trail: Path) -> None:
 def test_distill_without_an_audit_database_says_where_it_looked(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "p.yaml").write_text(
-        yaml.safe_dump({"name": "p", "description": "p", "audit": {"content": True}})
-    )
-    config = {
-        "default_guard": "nemotron",
-        "guards": {"nemotron": {"type": "sglang", "base_url": "http://127.0.0.1:9"}},
-        "upstreams": {"u": {"type": "openai", "base_url": "http://127.0.0.1:9/v1"}},
-        "routes": [{"name": "d", "upstream": "u", "policy": "p.yaml"}],
-        "audit": {"path": "nowhere/audit.sqlite3"},
-    }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    minimal_config(tmp_path, audit_path="nowhere/audit.sqlite3")
     assert main(["distill", "--config", str(tmp_path / "config.yaml"), "--policy", "p"]) == 2
     assert f"no audit database at {tmp_path}/nowhere/audit.sqlite3" in capsys.readouterr().err

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from guard_engine.backends.distilled_head import MODEL_GUARD_ONLY
 from guard_engine.distill.base_data import dequantize, quantize
@@ -18,6 +17,7 @@ from proxy.cli import main
 from proxy.distill.split import split_by_time
 from proxy.distill.trail import made_by_model_guard, select_decisions
 from tests.audit.test_store import NOW, record
+from tests.distill.configs import minimal_config
 
 MODEL = frozenset({"nemotron"})
 
@@ -119,17 +119,7 @@ def test_int8_embeddings_keep_their_direction(seed: int) -> None:
 def test_disagreements_are_written_for_review_even_when_distill_refuses(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "p.yaml").write_text(
-        yaml.safe_dump({"name": "p", "description": "p", "audit": {"content": True}})
-    )
-    config = {
-        "default_guard": "nemotron",
-        "guards": {"nemotron": {"type": "sglang", "base_url": "http://127.0.0.1:9"}},
-        "upstreams": {"u": {"type": "openai", "base_url": "http://127.0.0.1:9/v1"}},
-        "routes": [{"name": "d", "upstream": "u", "policy": "p.yaml"}],
-        "audit": {"path": "audit.sqlite3"},
-    }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    minimal_config(tmp_path, audit_path="audit.sqlite3")
     differing = record(
         policy="p@00000000",
         content="borderline",
